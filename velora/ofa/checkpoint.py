@@ -1,0 +1,171 @@
+"""Reading released OFA checkpoints (hub layout) into `OFAModel`, and writing them back.
+
+A hub directory holds `config.json` and `pytorch_model.bin` or `model.safetensors` (plus tokenizer files and
+ModelScope's `configuration.json`). Foreign state_dicts go through one `checkpoint_filter_fn`, timm-style.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from velora.errors import VeloraError
+from velora.ofa.config import OFAConfig
+from velora.ofa.model import (OFAModel, decoder_image_position_idx, make_image_bucket_position,
+                              make_token_bucket_position)
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+# Prefixes other exports put before the bare OFAModel names (HF/ModelScope wrappers, fairseq).
+PREFIXES = ("module.", "model.")
+
+# (old, new) renames applied to every key, in order.
+SWAPS: list[tuple[str, str]] = []
+
+# One matrix, three names: encoder input, decoder input and output projection (share_decoder_input_output_embed).
+TIED_EMBEDDINGS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
+
+
+def derived_buffers(config: OFAConfig) -> dict[str, torch.Tensor]:
+    """Index buffers computed from the config; checkpoints may or may not carry them."""
+    image = make_image_bucket_position(config.image_bucket_size)
+    token = make_token_bucket_position(config.token_bucket_size, config.max_position_embeddings)
+    return {
+        "encoder.image_rp_bucket": image,
+        "encoder.token_rp_bucket": token,
+        "decoder.image_position_idx": decoder_image_position_idx(config),
+        "decoder.image_rp_bucket": image,
+        "decoder.token_rp_bucket": token,
+    }
+
+
+def _format_keys(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: OFAModel) -> dict[str, torch.Tensor]:
+    """Map a foreign OFA state_dict onto `model`'s names, filling tied and derived entries, checking every shape.
+
+    Raises VeloraError naming missing keys, unexpected keys and shape mismatches.
+    """
+    if isinstance(state_dict.get("model"), dict):
+        state_dict = state_dict["model"]
+    if all(k.startswith(PREFIXES) for k in state_dict):
+        prefix = next(p for p in PREFIXES if all(k.startswith(p) for k in state_dict))
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+    for old, new in SWAPS:
+        state_dict = {k.replace(old, new): v for k, v in state_dict.items()}
+    state_dict = dict(state_dict)
+
+    if model.config.share_decoder_input_output_embed:
+        present = [k for k in TIED_EMBEDDINGS if k in state_dict]
+        if present:
+            for key in TIED_EMBEDDINGS:
+                state_dict.setdefault(key, state_dict[present[0]])
+
+    for key, value in derived_buffers(model.config).items():
+        if key not in state_dict:
+            state_dict[key] = value
+        elif not torch.equal(state_dict[key].to(value.dtype), value):
+            raise VeloraError(f"checkpoint buffer {key} differs from the one derived from config.json: "
+                              "the config does not describe this checkpoint")
+
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+                  for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_format_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_format_keys(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): {_format_keys(mismatched, 6)}")
+    if problems:
+        raise VeloraError("checkpoint does not match config.json; " + "; ".join(problems))
+    return state_dict
+
+
+def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    for name in WEIGHT_FILES:
+        path = model_dir / name
+        if not path.exists():
+            continue
+        try:
+            if name.endswith(".safetensors"):
+                return load_file(str(path))
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise VeloraError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    raise VeloraError(f"{model_dir}: no model weights found (expected one of {', '.join(WEIGHT_FILES)})")
+
+
+def read_config(model_dir: Path) -> OFAConfig:
+    path = model_dir / "config.json"
+    if not path.exists():
+        raise VeloraError(f"{model_dir}: no config.json - not an OFA model directory in the hub layout")
+    try:
+        config = OFAConfig.from_json_file(path)
+    except (json.JSONDecodeError, TypeError, ValueError, AssertionError) as e:
+        raise VeloraError(f"{path}: not a valid OFA config ({e})") from None
+    model_type = config.extra.get("model_type", "ofa")
+    if model_type != "ofa":
+        raise VeloraError(f"{path}: model_type is {model_type!r}, expected 'ofa'")
+    return config
+
+
+def tie_weights(model: OFAModel) -> None:
+    """Make the three embedding names one Parameter again (loading with assign=True gives each its own)."""
+    model.decoder.embed_tokens = model.encoder.embed_tokens
+    if model.config.share_decoder_input_output_embed:
+        model.decoder.output_projection.weight = model.encoder.embed_tokens.weight
+
+
+def build_model(config: OFAConfig, state_dict: dict[str, torch.Tensor]) -> OFAModel:
+    """An OFAModel holding `state_dict`'s tensors, built on the meta device first (no random init, no copy)."""
+    with torch.device("meta"):
+        model = OFAModel(config)
+    state_dict = checkpoint_filter_fn(state_dict, model)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    tie_weights(model)
+    return model.eval()
+
+
+def load_pretrained(path: str | Path, device: str | torch.device | None = None,
+                    dtype: torch.dtype | None = None) -> OFAModel:
+    """OFAModel from a hub-layout directory or a hub id (resolved by `velora.hub.resolve_model_dir`).
+
+    Returned in eval mode, on `device` (default CPU) and in `dtype` (default: as stored).
+    """
+    from velora.hub import resolve_model_dir
+
+    model_dir = resolve_model_dir(path)
+    model = build_model(read_config(model_dir), read_state_dict(model_dir))
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model
+
+
+def save_pretrained(model: OFAModel, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write config.json + model.safetensors (tied embeddings stored once) in the hub layout."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save(directory)
+    state = model.state_dict()
+    if model.config.share_decoder_input_output_embed:
+        for key in TIED_EMBEDDINGS[1:]:
+            state.pop(key)
+    for key in derived_buffers(model.config):
+        state.pop(key)
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+             for k, v in state.items()}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
