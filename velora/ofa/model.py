@@ -546,6 +546,15 @@ class OFAModel(nn.Module):
         at_answer = hidden[torch.arange(B, device=hidden.device), answer_positions]  # (B, C)
         return at_answer @ self.decoder.output_projection.weight[answer_ids].t()  # (B, K)
 
+    def score_answers(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor,
+                      answer_positions: torch.Tensor, answer_ids: torch.Tensor,
+                      patch_images: torch.Tensor | None = None, patch_masks: torch.Tensor | None = None,
+                      image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Visual-entailment scoring: (B, K) logits of the K answer tokens; softmax gives the label probabilities.
+        The training loss is cross-entropy over the same logits."""
+        encoder_out = self.encode(input_ids, patch_images, patch_masks, image_features)
+        return self.answer_logits(self.decode(decoder_input_ids, encoder_out), answer_positions, answer_ids)
+
     def forward(self, input_ids: torch.Tensor, patch_images: torch.Tensor | None = None,
                 patch_masks: torch.Tensor | None = None, decoder_input_ids: torch.Tensor | None = None,
                 image_features: torch.Tensor | None = None) -> OFAOutput:

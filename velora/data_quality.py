@@ -1,0 +1,273 @@
+"""Row-level data checks that do not reject anything: duplicates, conflicting labels, and the guide's data-quality
+advice (label balance, vague premises, reused hypotheses, non-English text). Also the image-grouped, label-stratified
+train/validation split.
+
+Everything here is pure: it takes checked records (anything with the attributes used below) and returns findings.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Hashable, Protocol, Sequence
+
+from velora.labels import LABELS
+
+
+class CheckedRow(Protocol):
+    line: int
+    premise: str
+    hypothesis: str
+    label: str
+    image_key: str  # identifies the image by content (sha256 of its bytes)
+
+
+@dataclass(frozen=True)
+class RowIssue:
+    """One problem with one input row: `line` is the line where the row starts in the input file."""
+
+    line: int
+    field: str
+    code: str
+    reason: str
+    value: str | None = None
+    related_lines: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict:
+        out = {"line": self.line, "field": self.field, "code": self.code, "reason": self.reason}
+        if self.value is not None:
+            out["value"] = self.value
+        if self.related_lines:
+            out["related_lines"] = list(self.related_lines)
+        return out
+
+
+@dataclass
+class QualityWarning:
+    """A data-quality finding about the whole file; `lines` lists every row it concerns (may be empty)."""
+
+    code: str
+    message: str
+    lines: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, "count": len(self.lines), "lines": self.lines}
+
+
+def _norm_text(text: str) -> str:
+    """Case-, whitespace- and final-punctuation-insensitive form, for comparing sentences."""
+    return " ".join(text.casefold().split()).rstrip(" .!?")
+
+
+def find_duplicates(rows: Sequence[CheckedRow]) -> tuple[list[int], list[RowIssue]]:
+    """Exact duplicates (same image content, premise, hypothesis and label): returns the indices to keep (first
+    occurrence of each) and one `duplicate` issue per removed row, pointing at the line that was kept."""
+    first: dict[tuple, CheckedRow] = {}
+    keep: list[int] = []
+    issues: list[RowIssue] = []
+    for i, row in enumerate(rows):
+        key = (row.image_key, row.premise, row.hypothesis, row.label)
+        if key in first:
+            kept = first[key]
+            issues.append(
+                RowIssue(
+                    row.line, "row", "duplicate",
+                    f"exact duplicate of line {kept.line} (same image, premise, hypothesis and label); kept once",
+                    related_lines=(kept.line,),
+                )
+            )
+        else:
+            first[key] = row
+            keep.append(i)
+    return keep, issues
+
+
+def find_conflicts(rows: Sequence[CheckedRow]) -> list[RowIssue]:
+    """Rows with the same image and hypothesis but different labels: one `conflicting_labels` issue per row involved.
+    All of them are kept (only the user can say which label is right)."""
+    groups: dict[tuple, list[CheckedRow]] = defaultdict(list)
+    for row in rows:
+        groups[(row.image_key, _norm_text(row.hypothesis))].append(row)
+    issues = []
+    for members in groups.values():
+        if len({r.label for r in members}) < 2:
+            continue
+        for row in members:
+            others = [r for r in members if r is not row and r.label != row.label]
+            described = ", ".join(f"line {r.line} says {r.label}" for r in others)
+            issues.append(
+                RowIssue(
+                    row.line, "label", "conflicting_labels",
+                    f"same image and hypothesis labelled {row.label} here but {described}; fix the wrong one",
+                    value=row.label, related_lines=tuple(r.line for r in others),
+                )
+            )
+    return sorted(issues, key=lambda issue: issue.line)
+
+
+# --- data-quality warnings (the guide, sections 3.1, 5.1 and 5.4) -------------------------------------------------
+
+MIN_PREMISE_WORDS = 3
+IMBALANCE_RATIO = 1 / 3  # rarest label below a third of the most common one
+_CJK = re.compile(r"[\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+_STOPWORDS = frozenset(
+    "a an the this that these those it its is are was were be been being of in on at to for with and or very "
+    "really quite some there here looks look looking seems seem appears appear".split()
+)
+_VAGUE_WORDS = frozenset(
+    "object objects thing things item items stuff something product products image picture photo photograph pic "
+    "shows showing nice good great fine ok okay beautiful pretty cool bad normal interesting".split()
+)
+
+
+def is_vague_premise(premise: str) -> bool:
+    """Very short (< MIN_PREMISE_WORDS words), or nothing concrete in it ('The object looks nice')."""
+    words = re.findall(r"[a-z0-9']+", premise.casefold())
+    if not words:
+        return bool(premise.strip())  # only symbols/non-Latin text: not describable in English
+    if len(words) < MIN_PREMISE_WORDS:
+        return True
+    return all(w in _STOPWORDS or w in _VAGUE_WORDS for w in words)
+
+
+def has_cjk(text: str) -> bool:
+    return bool(_CJK.search(text))
+
+
+def _examples(lines: Sequence[int], limit: int = 5) -> str:
+    shown = ", ".join(str(n) for n in lines[:limit])
+    return shown + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
+
+
+def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
+    """The guide's data-quality advice, checked on the rows that will be kept."""
+    found: list[QualityWarning] = []
+    if not rows:
+        return found
+    n = len(rows)
+
+    counts = Counter(r.label for r in rows)
+    missing = [label for label in LABELS if counts[label] == 0]
+    shares = ", ".join(f"{label} {counts[label]} ({counts[label] / n:.0%})" for label in LABELS)
+    if missing:
+        found.append(QualityWarning(
+            "label_imbalance",
+            f"no {' or '.join(missing)} rows ({shares}); the model will rarely predict a label it never sees in "
+            "training - add examples of every label",
+        ))
+    elif min(counts.values()) < IMBALANCE_RATIO * max(counts.values()):
+        rare = min(LABELS, key=lambda label: counts[label])
+        found.append(QualityWarning(
+            "label_imbalance",
+            f"labels are imbalanced ({shares}); add {rare} examples, or expect weaker {rare} recall",
+        ))
+
+    cjk = [r.line for r in rows if has_cjk(r.premise) or has_cjk(r.hypothesis)]
+    if cjk:
+        found.append(QualityWarning(
+            "non_english_text",
+            f"{len(cjk)} rows contain Chinese/Japanese/Korean text (lines {_examples(cjk)}); OFA only understands "
+            "English - translate premises and hypotheses to English first (e.g. with DeepL), as the guide advises",
+            cjk,
+        ))
+
+    vague = [r.line for r in rows if r.premise and is_vague_premise(r.premise)]
+    if vague:
+        found.append(QualityWarning(
+            "vague_premise",
+            f"{len(vague)} premises ({len(vague) / n:.0%}) are very short or vague (lines {_examples(vague)}); "
+            "describe what is visible - colour, position, count, material - rather than 'The object looks nice'",
+            vague,
+        ))
+
+    empty = [r.line for r in rows if not r.premise]
+    if empty:
+        found.append(QualityWarning(
+            "empty_premise",
+            f"{len(empty)} rows have no premise (lines {_examples(empty)}); they are kept and use the model's "
+            "image-only prompt - fill the premise in if that was not intended",
+            empty,
+        ))
+
+    same = [r.line for r in rows if r.premise and _norm_text(r.premise) == _norm_text(r.hypothesis)]
+    if same:
+        found.append(QualityWarning(
+            "hypothesis_equals_premise",
+            f"{len(same)} hypotheses just repeat their premise (lines {_examples(same)}); they teach the model "
+            "nothing about the image",
+            same,
+        ))
+
+    by_hypothesis: dict[str, list[CheckedRow]] = defaultdict(list)
+    for r in rows:
+        by_hypothesis[_norm_text(r.hypothesis)].append(r)
+    reused = [group for group in by_hypothesis.values() if len({r.label for r in group}) > 1]
+    if reused:
+        lines = sorted(r.line for group in reused for r in group)
+        example = reused[0]
+        by_label = "; ".join(
+            f"{label} on line(s) {_examples([r.line for r in example if r.label == label], 3)}"
+            for label in LABELS if any(r.label == label for r in example)
+        )
+        found.append(QualityWarning(
+            "hypothesis_across_labels",
+            f"{len(reused)} identical hypotheses are used with different labels (e.g. \"{example[0].hypothesis}\": "
+            f"{by_label}); that is right only if the images really differ - these rows are where labelling "
+            "mistakes hide, check them",
+            lines,
+        ))
+    return found
+
+
+# --- split -----------------------------------------------------------------------------------------------------------
+
+
+def _targets(counts: Counter, n: int, total: int) -> dict[str, int]:
+    """Per-label validation sizes proportional to the label counts, summing exactly to `total` (largest remainder)."""
+    raw = {label: counts[label] * total / n for label in counts}
+    targets = {label: int(value) for label, value in raw.items()}
+    leftover = total - sum(targets.values())
+    for label in sorted(raw, key=lambda label: (targets[label] - raw[label], str(label)))[:leftover]:
+        targets[label] += 1
+    return targets
+
+
+def grouped_stratified_split(
+    labels: Sequence[str], groups: Sequence[Hashable], val_ratio: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Split row indices into (train, validation): every group (image) lands wholly in one split, the validation
+    split holds about `val_ratio` of the rows with the label mix of the whole, and the result depends only on the
+    input order and `seed`. Train is never empty; validation is empty only for val_ratio 0 or a single image."""
+    n = len(labels)
+    order: dict[Hashable, list[int]] = {}
+    for i, g in enumerate(groups):
+        order.setdefault(g, []).append(i)
+    every = list(range(n))
+    if val_ratio <= 0 or len(order) < 2:
+        return every, []
+
+    total = min(n - 1, max(1, round(val_ratio * n)))
+    targets = _targets(Counter(labels), n, total)
+    group_ids = list(order)
+    random.Random(seed).shuffle(group_ids)
+    group_ids.sort(key=lambda g: -len(order[g]))  # stable: big groups first, ties in shuffled order
+
+    in_val: list[Hashable] = []
+    val_counts: Counter = Counter()
+    for g in group_ids:
+        gc = Counter(labels[i] for i in order[g])
+        before = sum(abs(val_counts[c] - t) for c, t in targets.items())
+        after = sum(abs(val_counts[c] + gc[c] - t) for c, t in targets.items())
+        if after < before:
+            in_val.append(g)
+            val_counts += gc
+    if not in_val:  # every group overshoots: take the smallest one
+        in_val.append(min(group_ids, key=lambda g: len(order[g])))
+    if len(in_val) == len(group_ids):
+        in_val.remove(min(in_val, key=lambda g: len(order[g])))
+
+    val = sorted(i for g in in_val for i in order[g])
+    chosen = set(val)
+    return [i for i in every if i not in chosen], val
