@@ -4,9 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+ORACLE_VENV := .oracle-venv
+SHARED ?= ../shared
+
+.PHONY: install oracle demo test bench clean
 
 install: $(STAMP)
+
+# The reference OFA implementation (ModelScope's, transformers 4.57), for parity tests and benchmarks.
+oracle: $(ORACLE_VENV)/bin/python
+
+$(ORACLE_VENV)/bin/python:
+	ORACLE_VENV=$(abspath $(ORACLE_VENV)) bash $(SHARED)/oracle/oracle_env.sh
 
 # torch is installed first and pinned: any other spec pulls several GB of CUDA wheels.
 $(STAMP): pyproject.toml
@@ -21,11 +30,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/velora demo
 
-test: install
+test: install oracle
 	$(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python bench/inference.py
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) $(ORACLE_VENV) demo_output .pytest_cache

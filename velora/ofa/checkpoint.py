@@ -169,3 +169,56 @@ def save_pretrained(model: OFAModel, directory: str | Path, dtype: torch.dtype |
              for k, v in state.items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory
+
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "bart"  # the BART BPE files OFA uses
+
+
+def save_model_dir(model: OFAModel, directory: str | Path, preprocess=None, tokenizer_dir: str | Path | None = None,
+                   dtype: torch.dtype | None = None, weights_format: str = "safetensors") -> Path:
+    """A complete hub-layout model directory: config.json, weights, vocab.json + merges.txt, configuration.json.
+
+    `weights_format` "bin" writes `pytorch_model.bin` (all keys, like the released checkpoints) instead.
+    """
+    import shutil
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if weights_format == "bin":
+        model.config.save(directory)
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+                 for k, v in model.state_dict().items()}
+        torch.save(state, directory / "pytorch_model.bin")
+    else:
+        save_pretrained(model, directory, dtype=dtype)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(Path(tokenizer_dir or ASSETS) / name, directory / name)
+    if preprocess is not None:
+        preprocess.save(directory)
+    return directory
+
+
+@torch.no_grad()
+def randomize_(model: OFAModel, seed: int, embed_std: float = 0.5) -> OFAModel:
+    """Random but non-trivial values where initialisation leaves constants (norm scales near 1, small biases,
+    BatchNorm statistics, relative-position tables), as the reference fixtures are made: for tests and benchmarks."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn_like(t: torch.Tensor) -> torch.Tensor:
+        return torch.randn(t.shape, generator=generator, dtype=t.dtype)
+
+    for name, p in model.named_parameters():
+        if p.dim() == 1 and ("norm" in name or name.endswith("c_attn") or ".bn" in name):
+            p.copy_(1.0 + 0.1 * randn_like(p))
+        elif p.dim() == 1:
+            p.copy_(0.05 * randn_like(p))
+        elif "embed_tokens" in name:
+            p.copy_(embed_std * randn_like(p))
+        elif "rel_pos_table" in name:  # zero at init; random here so the relative biases are exercised
+            p.copy_(0.5 * randn_like(p))
+    for name, b in model.named_buffers():
+        if name.endswith("running_mean"):
+            b.copy_(0.1 * randn_like(b))
+        elif name.endswith("running_var"):
+            b.copy_(1.0 + 0.1 * torch.rand(b.shape, generator=generator))
+    return model

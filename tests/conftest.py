@@ -1,0 +1,66 @@
+"""Shared test fixtures: the reference fixtures in ../shared and small random OFA checkpoints in the hub layout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from velora.ofa.checkpoint import randomize_, save_model_dir
+from velora.ofa.config import OFAConfig
+from velora.ofa.model import OFAModel
+from velora.ofa.preprocess import PreprocessConfig
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("VELORA_SHARED", REPO.parent / "shared"))
+PARITY = SHARED / "fixtures" / "ofa-parity"
+ORACLE_PYTHON = Path(os.environ.get("ORACLE_VENV", REPO / ".oracle-venv")) / "bin" / "python"
+
+TINY = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, resnet_type="resnet18")
+TINY_IMAGE = 64
+
+
+def tiny_config(**overrides) -> OFAConfig:
+    return OFAConfig(**{**TINY, **overrides})
+
+
+def write_tiny_model(directory: Path, seed: int = 0, weights_format: str = "safetensors", **overrides) -> Path:
+    torch.manual_seed(seed)
+    model = randomize_(OFAModel(tiny_config(**overrides)), seed=seed)
+    return save_model_dir(model.eval(), directory, PreprocessConfig(image_size=TINY_IMAGE),
+                          weights_format=weights_format)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A small random OFA in the hub layout (config.json, model.safetensors, BPE files, configuration.json)."""
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    assert PARITY.exists(), f"reference fixtures not found at {PARITY} (set VELORA_SHARED)"
+    return PARITY
+
+
+@pytest.fixture(scope="session")
+def oracle_python() -> Path:
+    assert ORACLE_PYTHON.exists(), f"reference OFA venv missing at {ORACLE_PYTHON}: run `make oracle`"
+    return ORACLE_PYTHON
+
+
+def run_oracle(oracle_python: Path, out: Path, *args: str) -> Path:
+    """Write a fresh reference fixture (model/, inputs.pt, expected.pt) with ModelScope's OFA implementation."""
+    subprocess.run([str(oracle_python), str(SHARED / "oracle" / "ofa_oracle.py"), "make", str(out), *args],
+                   check=True, capture_output=True, text=True)
+    return out
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
