@@ -64,3 +64,27 @@ def run_oracle(oracle_python: Path, out: Path, *args: str) -> Path:
 def copy_model(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def write_tiny_adapter(model_dir: Path, directory: Path, seed: int = 0, r: int = 4) -> Path:
+    """A LoRA adapter (PEFT layout, q_proj/v_proj) with non-zero weights on the model in `model_dir`."""
+    from peft import LoraConfig, get_peft_model
+
+    from velora.ofa.checkpoint import load_pretrained
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    peft_model = get_peft_model(load_pretrained(model_dir), config)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.normal_(std=0.5)
+    peft_model.peft_config["default"].base_model_name_or_path = str(model_dir)
+    peft_model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter for `tiny_model_dir` whose predictions clearly differ from the base model's."""
+    return write_tiny_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "lora")

@@ -88,6 +88,11 @@ class OFAConfig:
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
 
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path) -> "OFAConfig":
+        """The config of a hub-layout directory (PEFT calls this to compare vocabulary sizes)."""
+        return cls.from_json_file(Path(model_dir) / "config.json")
+
     def to_dict(self) -> dict[str, Any]:
         values = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
         return {"model_type": "ofa", **self.extra, **values}
