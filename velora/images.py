@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -49,7 +50,9 @@ def _open(source: ImageSource) -> Image.Image:
             raise ImageError("image is empty (0 bytes)")
         source = io.BytesIO(source)
     try:
-        return Image.open(source)
+        with warnings.catch_warnings():  # we check the size ourselves and raise a clear error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(source)
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image, or a format Pillow cannot read") from None
     except Image.DecompressionBombError as e:

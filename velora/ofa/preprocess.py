@@ -58,6 +58,9 @@ class PreprocessConfig:
             if isinstance(prompt, str):  # ModelScope uses one `prompt` key for whichever form it serves
                 key = "prompt_with_premise" if prompt.count("{}") == 2 else "prompt_without_premise"
                 values[key] = prompt
+            for key in ("prompt_with_premise", "prompt_without_premise"):  # velora's own, one per form
+                if isinstance(model_cfg.get(key), str):
+                    values[key] = model_cfg[key]
             for key in ("mean", "std"):
                 if key in model_cfg:
                     values[key] = tuple(float(v) for v in model_cfg[key])
@@ -72,8 +75,10 @@ class PreprocessConfig:
         model_cfg = data.setdefault("model", {})
         model_cfg.update(patch_image_size=self.image_size, max_src_length=self.max_src_length,
                          prompt_type="prev_output", mean=list(self.mean), std=list(self.std))
-        if self.prompt_with_premise != PROMPT_WITH_PREMISE:
-            model_cfg["prompt"] = self.prompt_with_premise
+        for key, default in (("prompt_with_premise", PROMPT_WITH_PREMISE),
+                             ("prompt_without_premise", PROMPT_WITHOUT_PREMISE)):
+            if getattr(self, key) != default:
+                model_cfg[key] = getattr(self, key)
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     def to_dict(self) -> dict:
