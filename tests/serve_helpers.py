@@ -1,0 +1,69 @@
+"""Helpers for the serve tests: images (good and bad) and a real uvicorn server on a free localhost port."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import uvicorn
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def image_bytes(seed: int = 0, size: int = 64, fmt: str = "PNG") -> bytes:
+    """A random-noise RGB image; different seeds give clearly different model inputs."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format=fmt)
+    return out.getvalue()
+
+
+def truncated_png(seed: int = 0) -> bytes:
+    data = image_bytes(seed, size=96)
+    return data[: len(data) // 2]
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
+    """A few dozen bytes that claim to be a width x height RGB PNG (a decompression bomb's header)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16))
+            + _png_chunk(b"IEND", b""))
+
+
+@contextmanager
+def live_server(app, timeout: float = 120.0) -> Iterator[str]:
+    """Run `app` under a real uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn exited during startup (see the log above)")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"uvicorn did not start within {timeout}s")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

@@ -1,0 +1,174 @@
+"""POST /check (one image, multipart or JSON) and POST /check_batch (many, JSON).
+
+The handlers are `async def` on purpose: they only await (the body, image decoding in a bounded thread pool, the
+batcher's future), so a thousand waiting requests hold no threads; the model runs in the batcher's one worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Future
+
+import anyio
+from fastapi import APIRouter, Depends, HTTPException, Request
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from velora.errors import VeloraError
+from velora.images import ImageError
+from velora.serve.batching import BatcherClosed, Job, QueueFull, Scored
+from velora.serve.dependencies import Service, get_service, require_api_key
+from velora.serve.inputs import (CHECK_OPENAPI, BatchJSON, InputError, check_texts, decode_base64, decode_image,
+                                 parse_check, pick_adapter)
+
+router = APIRouter(tags=["check"], dependencies=[Depends(require_api_key)])
+
+
+class CheckResult(BaseModel):
+    relation: str = Field(description="The most probable label: entailment, contradiction or neutral.")
+    score: float = Field(description="Its probability.")
+    probs: dict[str, float] = Field(description="All three probabilities (they sum to 1).")
+    adapter: str = Field(description="The adapter that scored ('base' = adapters off).")
+    batch_size: int = Field(description="Examples scored in the same model call (micro-batching).")
+    latency_ms: float | None = Field(None, description="Server time for this request, body read to answer.")
+
+
+class ItemResult(CheckResult):
+    index: int
+    relation: str | None = None
+    score: float | None = None
+    probs: dict[str, float] | None = None
+    adapter: str | None = None
+    batch_size: int | None = None
+    error: str | None = Field(None, description="Why this item was not scored; the others still are.")
+    field: str | None = Field(None, description="The field at fault, e.g. items[3].image.")
+
+
+class BatchResult(BaseModel):
+    results: list[ItemResult]
+    errors: int = Field(description="Items not scored (each has `error` and `field`).")
+    latency_ms: float
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    field: str | None = None
+
+
+ERRORS = {code: {"model": ErrorBody, "description": why} for code, why in {
+    400: "a value the server refuses: not an image, truncated, too many pixels, text too long, unknown adapter",
+    401: "missing or wrong API key",
+    413: "request body over --max_upload_mb",
+    415: "neither multipart/form-data nor application/json",
+    503: "queue full or server starting/stopping; retry after the Retry-After seconds",
+}.items()}
+
+
+def _result(scored: Scored, adapter: str) -> dict:
+    p = scored.prediction
+    return dict(relation=p.label, score=p.confidence, probs=p.probabilities, adapter=adapter,
+                batch_size=scored.batch_size)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)
+
+
+async def _decode(service: Service, data: bytes, filename: str | None) -> Image.Image:
+    return await anyio.to_thread.run_sync(decode_image, data, filename, service.image_size,
+                                          limiter=service.decode_limiter)
+
+
+def _submit(service: Service, jobs: list[Job]) -> list[Future]:
+    futures: list[Future] = []
+    try:
+        for job in jobs:
+            futures.append(service.batcher.submit(job))
+    except QueueFull as e:
+        for future in futures:
+            future.cancel()
+        raise HTTPException(status_code=503, detail=f"server busy ({e}); retry shortly",
+                            headers={"Retry-After": "1"}) from None
+    except BatcherClosed as e:
+        raise HTTPException(status_code=503, detail=str(e), headers={"Retry-After": "1"}) from None
+    return futures
+
+
+@router.post("/check", response_model=CheckResult, response_model_exclude_none=True, responses=ERRORS,
+             openapi_extra=CHECK_OPENAPI, summary="Check one image against a hypothesis")
+async def check(request: Request, service: Service = Depends(get_service)) -> CheckResult:
+    """Send `multipart/form-data` (`image` file, `premise`, `hypothesis`, optional `adapter`) or JSON with the
+    image in base64. Answers the relation, its score and all three probabilities."""
+    start = time.perf_counter()
+    settings = service.settings
+    fields, data, filename = await parse_check(request, max_text_bytes=4 * settings.max_text_chars + 1024)
+    premise, hypothesis = check_texts(fields, settings.max_text_chars)
+    adapter = pick_adapter(fields.adapter, service.adapters, service.default_adapter)
+    try:
+        image = await _decode(service, data, filename)
+    except ImageError as e:
+        raise InputError("image", str(e)) from None
+    (future,) = _submit(service, [Job(image, premise, hypothesis, adapter)])
+    try:
+        scored = await asyncio.wrap_future(future)
+    except VeloraError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from None
+    service.metrics.observe_prediction(adapter, scored.prediction)
+    result = CheckResult(**_result(scored, adapter), latency_ms=_ms(start))
+    request.state.log = f"adapter={adapter} relation={result.relation} score={result.score:.3f} batch={result.batch_size}"
+    return result
+
+
+@router.post("/check_batch", response_model=BatchResult, response_model_exclude_none=True, responses=ERRORS,
+             summary="Check many examples in one request")
+async def check_batch(request: Request, body: BatchJSON, service: Service = Depends(get_service)) -> BatchResult:
+    """JSON `{"items": [{"image": base64, "premise": ..., "hypothesis": ..., "adapter": ...}, ...]}`. Items are
+    answered in order; a bad item gets `error` + `field` and the others are still scored. Repeat the same image
+    string for several hypotheses: it is decoded once and its visual features shared."""
+    start = time.perf_counter()
+    settings = service.settings
+    if len(body.items) > settings.max_batch_items:
+        raise InputError("items", f"{len(body.items)} items, over the limit of {settings.max_batch_items} per "
+                                  "request; send them in several requests")
+    results: list[ItemResult | None] = [None] * len(body.items)
+    pending: list[tuple[int, str | None, str, str, str]] = []  # index, premise, hypothesis, adapter, image text
+    raw: dict[str, bytes] = {}
+    for i, item in enumerate(body.items):
+        prefix = f"items[{i}]."
+        try:
+            premise, hypothesis = check_texts(item, settings.max_text_chars, prefix)
+            adapter = pick_adapter(item.adapter, service.adapters, service.default_adapter, prefix + "adapter")
+            if item.image not in raw:
+                raw[item.image] = decode_base64(item.image, prefix + "image")
+        except InputError as e:
+            results[i] = ItemResult(index=i, error=e.detail, field=e.field)
+            continue
+        pending.append((i, premise, hypothesis, adapter, item.image))
+
+    texts = list(raw)
+    decoded = await asyncio.gather(*(_decode(service, raw[t], None) for t in texts), return_exceptions=True)
+    images = dict(zip(texts, decoded))
+    jobs: list[tuple[int, Job]] = []
+    for i, premise, hypothesis, adapter, text in pending:
+        image = images[text]
+        if isinstance(image, ImageError):
+            results[i] = ItemResult(index=i, error=f"items[{i}].image: {image}", field=f"items[{i}].image")
+        elif isinstance(image, BaseException):
+            raise image
+        else:
+            jobs.append((i, Job(image, premise, hypothesis, adapter)))
+
+    futures = _submit(service, [job for _, job in jobs])
+    scored_all = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
+    for (i, job), scored in zip(jobs, scored_all):
+        if isinstance(scored, VeloraError):
+            results[i] = ItemResult(index=i, error=f"items[{i}]: {scored}", field=f"items[{i}]")
+        elif isinstance(scored, BaseException):
+            raise scored
+        else:
+            service.metrics.observe_prediction(job.adapter, scored.prediction)
+            results[i] = ItemResult(index=i, **_result(scored, job.adapter))
+    errors = sum(r.error is not None for r in results)
+    request.state.log = f"items={len(results)} errors={errors}"
+    return BatchResult(results=results, errors=errors, latency_ms=_ms(start))
