@@ -109,3 +109,47 @@ def predict_command(model_path, base_model, device, dtype, image_size, image, pr
     else:
         click.echo(f"Model: {predictor.description}")
         click.echo(result.to_text())
+
+
+@cli.command("serve")
+@model_options
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME=PATH",
+              help="Another LoRA adapter on the same base, picked per request with adapter=NAME (repeatable).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--api_key", "--api-key", "api_key", envvar="VELORA_API_KEY", default=None,
+              help="Require this key on /check and /check_batch (header X-API-Key or Authorization: Bearer) "
+                   "[env VELORA_API_KEY].")
+@click.option("--max_batch_size", "--max-batch-size", "max_batch_size", type=click.IntRange(1, 512), default=16,
+              show_default=True, help="Examples per model call; 1 turns micro-batching off.")
+@click.option("--max_wait_ms", "--max-wait-ms", "max_wait_ms", type=click.FloatRange(0, 10_000), default=10.0,
+              show_default=True, help="How long a request waits for others to share its model call.")
+@click.option("--max_upload_mb", "--max-upload-mb", "max_upload_mb", type=click.FloatRange(0, min_open=True),
+              default=10.0, show_default=True, help="Largest request body accepted; bigger gets 413.")
+@click.option("--log_level", "--log-level", "log_level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]), help="One line per request at info.")
+def serve_command(model_path, base_model, device, dtype, image_size, adapters, host, port, api_key, max_batch_size,
+                  max_wait_ms, max_upload_mb, log_level):
+    """Serve the model over HTTP: POST /check, a web page at /, /metrics, API docs at /docs.
+
+    \b
+    Examples:
+      velora serve --model_path ./lora_finetuned
+      velora serve --model_path ./lora_finetuned --adapter strict=./lora_strict --api_key s3cret
+      curl -F image=@data/test_product.jpg -F premise="A coffee maker on a counter" \\
+          -F hypothesis="This appliance brews hot beverages" http://127.0.0.1:8000/check
+    """
+    from velora.serve import ServeSettings, parse_adapter_specs
+    from velora.serve.app import attach_adapters
+    from velora.serve.run import ensure_port_free, serve
+
+    settings = ServeSettings(model_path=model_path, base_model=base_model, device=device, dtype=dtype,
+                             image_size=image_size, adapters=parse_adapter_specs(adapters), api_key=api_key,
+                             max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb)
+    settings.check_paths()
+    ensure_port_free(host, port)
+    predictor = attach_adapters(load_predictor(model_path, base_model, device, dtype, image_size), settings.adapters)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    click.echo(f"Serving {predictor.description} at {url}/ (API docs {url}/docs, metrics {url}/metrics)"
+               + ("; API key required" if api_key else ""), err=True)
+    serve(settings, host, port, predictor, log_level)
