@@ -216,6 +216,8 @@ def randomize_(model: OFAModel, seed: int, embed_std: float = 0.5) -> OFAModel:
             p.copy_(embed_std * randn_like(p))
         elif "rel_pos_table" in name:  # zero at init; random here so the relative biases are exercised
             p.copy_(0.5 * randn_like(p))
+        elif p.dim() == 2:  # linear layers at 1/sqrt(fan_in), so every layer moves the output, whatever d_model
+            p.copy_(randn_like(p) * p.shape[1] ** -0.5)
     for name, b in model.named_buffers():
         if name.endswith("running_mean"):
             b.copy_(0.1 * randn_like(b))

@@ -17,6 +17,7 @@ What OFA adds to a BART-like transformer:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -112,9 +113,11 @@ class ResNet(nn.Module):
 # Relative-position buckets (derived from the config; checkpoints may or may not carry them)
 
 
+@functools.lru_cache(maxsize=8)
 def make_token_bucket_position(bucket_size: int, max_position: int) -> torch.Tensor:
-    """(max_position, max_position) bucket index of each text (query, key) pair: exact near, log-spaced far."""
-    positions = torch.arange(max_position)
+    """(max_position, max_position) bucket index of each text (query, key) pair: exact near, log-spaced far.
+    Computed on the CPU once per size (also under a meta-device context) and shared; never modified in place."""
+    positions = torch.arange(max_position, device="cpu")
     relative = positions[:, None] - positions[None, :]
     sign = torch.sign(relative)
     mid = bucket_size // 2
@@ -124,14 +127,17 @@ def make_token_bucket_position(bucket_size: int, max_position: int) -> torch.Ten
     return bucket + bucket_size - 1
 
 
+@functools.lru_cache(maxsize=8)
 def make_image_bucket_position(bucket_size: int) -> torch.Tensor:
-    """(N+1, N+1) bucket index of each pair of image grid cells (N = bucket_size**2; row/col 0 are special)."""
+    """(N+1, N+1) bucket index of each pair of image grid cells (N = bucket_size**2; row/col 0 are special).
+    Computed on the CPU once per size and shared, like the token buckets."""
     num_buckets = (2 * bucket_size - 1) ** 2 + 3
-    coords = torch.stack(torch.meshgrid(torch.arange(bucket_size), torch.arange(bucket_size), indexing="ij"))
+    axis = torch.arange(bucket_size, device="cpu")
+    coords = torch.stack(torch.meshgrid(axis, axis, indexing="ij"))
     coords = coords.flatten(1)  # (2, N)
     relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (bucket_size - 1)  # (N, N, 2)
     n = bucket_size * bucket_size
-    index = torch.zeros(n + 1, n + 1, dtype=torch.long)
+    index = torch.zeros(n + 1, n + 1, dtype=torch.long, device="cpu")
     index[1:, 1:] = relative[..., 0] * (2 * bucket_size - 1) + relative[..., 1]
     index[0, :] = num_buckets - 3
     index[:, 0] = num_buckets - 2
@@ -151,8 +157,8 @@ def image_position_ids(h: int, w: int, bucket_size: int, device: torch.device | 
 def decoder_image_position_idx(config: OFAConfig) -> torch.Tensor:
     """Image-code position index of the decoder (used by OFA's image generation; part of the checkpoint layout)."""
     window = config.code_image_size // 8
-    grid = image_position_ids(window, window, config.image_bucket_size)
-    return torch.cat([torch.tensor([0]), grid, torch.full((768,), 1024)])
+    grid = image_position_ids(window, window, config.image_bucket_size, torch.device("cpu"))
+    return torch.cat([torch.tensor([0], device="cpu"), grid, torch.full((768,), 1024, device="cpu")])
 
 
 def position_bias(q_linear: nn.Linear, k_linear: nn.Linear, q_pos: torch.Tensor, k_pos: torch.Tensor,
