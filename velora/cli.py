@@ -153,3 +153,19 @@ def serve_command(model_path, base_model, device, dtype, image_size, adapters, h
     click.echo(f"Serving {predictor.description} at {url}/ (API docs {url}/docs, metrics {url}/metrics)"
                + ("; API key required" if api_key else ""), err=True)
     serve(settings, host, port, predictor, log_level)
+
+
+@cli.command("demo")
+@click.option("--output_dir", "--output-dir", "output_dir", default="demo_output", show_default=True,
+              help="Where the demo writes its data, model and reports.")
+def demo_command(output_dir):
+    """Run the main job end to end on a built-in example, offline.
+
+    \b
+    Examples:
+      velora demo
+      make demo
+    """
+    from velora.demo import run_demo
+
+    run_demo(output_dir)
