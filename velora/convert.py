@@ -1,0 +1,263 @@
+"""`velora convert`: a user's CSV or JSONL of image-text pairs -> a checked Hugging Face dataset.
+
+velora.validate reads and checks every row and image (nothing is dropped silently); this module splits the kept
+rows (grouped by image, stratified by label) and writes them:
+
+    build_dataset(records)      -> datasets.Dataset with `features()`, original image bytes embedded
+    convert(...)                -> DatasetDict (train, validation) written atomically + conversion_report.json
+    load_records(...)           -> one in-memory Dataset, for `velora train/eval` on a CSV directly
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from velora.data_quality import QualityWarning, grouped_stratified_split
+from velora.errors import VeloraError
+from velora.images import DEFAULT_MAX_PIXELS, load_image
+from velora.labels import LABELS
+from velora.validate import (  # noqa: F401  (re-exported: the stage's whole API is importable from here)
+    FIELDS,
+    REPORT_NAME,
+    CheckedInput,
+    ConversionReport,
+    Record,
+    _label_counts,
+    check_input,
+    read_input,
+    validate,
+)
+
+# Formats whose original bytes are embedded as they are; anything else Pillow reads is re-encoded as PNG.
+KEEP_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
+
+
+def features():
+    """The columns of every velora dataset (convert output, load_records)."""
+    from datasets import ClassLabel, Features, Image as ImageFeature, Value
+
+    return Features(
+        {
+            "image": ImageFeature(),
+            "premise": Value("string"),
+            "hypothesis": Value("string"),
+            "label": ClassLabel(names=list(LABELS)),
+            "source_row": Value("int64"),
+            "metadata": Value("string"),  # JSON object of the input's extra columns/keys, "{}" when none
+        }
+    )
+
+
+# --- writing -----------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """datasets' own progress bars would duplicate ours."""
+    import datasets
+    from datasets.utils import logging as ds_logging
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    verbosity = ds_logging.get_verbosity()
+    datasets.disable_progress_bars()
+    ds_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(verbosity)
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def _image_bytes(record: Record, max_pixels: int) -> bytes:
+    data = Path(record.image_file).read_bytes()
+    if hashlib.sha256(data).hexdigest() != record.image_key:
+        raise VeloraError(f"{record.image_file} (line {record.line}) changed while converting; run the command again")
+    if record.image_format in KEEP_FORMATS:
+        return data
+    buffer = io.BytesIO()
+    load_image(io.BytesIO(data), max_pixels=max_pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _examples(records: Sequence[Record], max_pixels: int, progress: bool, desc: str) -> Iterator[dict]:
+    from tqdm.auto import tqdm
+
+    for r in tqdm(records, desc=desc, unit="row", disable=not progress or not records):
+        yield {
+            "image": {"bytes": _image_bytes(r, max_pixels), "path": str(r.image_file)},
+            "premise": r.premise,
+            "hypothesis": r.hypothesis,
+            "label": LABELS.index(r.label),
+            "source_row": r.line,
+            "metadata": json.dumps(r.metadata, ensure_ascii=False),
+        }
+
+
+def build_dataset(
+    records: Sequence[Record],
+    cache_dir: str | os.PathLike,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    keep_in_memory: bool = False,
+    progress: bool = False,
+):
+    """Checked records -> datasets.Dataset with `features()`, each image's bytes embedded."""
+    from datasets import Dataset
+
+    feats = features()
+    with _quiet_datasets():
+        if not records:
+            return Dataset.from_dict({name: [] for name in feats}, features=feats)
+        return Dataset.from_generator(
+            _examples,
+            features=feats,
+            # a tuple, not a list: datasets would make one shard per list item
+            gen_kwargs={"records": tuple(records), "max_pixels": max_pixels, "progress": progress,
+                        "desc": "Embedding images"},
+            cache_dir=str(cache_dir),
+            keep_in_memory=keep_in_memory,
+            fingerprint=uuid.uuid4().hex,  # no reuse of a stale cache, no hashing of every record
+        )
+
+
+def _split_summary(records: Sequence[Record]) -> dict[str, Any]:
+    return {"rows": len(records), "images": len({r.image_key for r in records}), "labels": _label_counts(records)}
+
+
+def _holds_dataset(path: Path) -> bool:
+    return any((path / name).exists() for name in ("dataset_dict.json", "state.json", "dataset_info.json"))
+
+
+def _check_output_dir(output: Path, input_path: Path, image_root: Path | None, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise VeloraError(f"--output_dir {output}: exists and is a file; choose a folder path")
+    out = output.resolve()
+    for protected in filter(None, [input_path.resolve().parent, image_root and image_root.resolve()]):
+        if out == protected or out in protected.parents:
+            raise VeloraError(f"--output_dir {output} would replace the folder holding your input data; "
+                              "choose a new folder, e.g. data/hf_dataset")
+    if output.is_dir() and any(output.iterdir()):
+        if not _holds_dataset(output):
+            raise VeloraError(f"--output_dir {output}: folder exists and holds other files; choose a new or empty "
+                              "folder")
+        if not overwrite:
+            raise VeloraError(f"--output_dir {output}: already holds a dataset; pass --overwrite to replace it")
+
+
+def _failure_report_path(output: Path) -> Path:
+    return output.parent / f"{output.name}.{REPORT_NAME}"
+
+
+def convert(
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    val_ratio: float = 0.2,
+    seed: int = 42,
+    strict: bool = False,
+    num_proc: int = 1,
+    overwrite: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+) -> ConversionReport:
+    """Check `input_path` and write a DatasetDict (train, validation) to `output_dir`, with conversion_report.json
+    inside it. The split keeps each image (by content) in one split and the label mix of the whole.
+
+    The dataset appears at `output_dir` only when complete (written beside it, then renamed into place). When no
+    row survives, or `strict` and a row was dropped, nothing is written there and the report goes to
+    `<output_dir>.conversion_report.json` beside it before VeloraError is raised."""
+    if not 0 <= val_ratio < 1:
+        raise VeloraError(f"--val_ratio must be at least 0 and below 1, got {val_ratio}")
+    output = Path(output_dir)
+    input_path = Path(input_path)
+    _check_output_dir(output, input_path, Path(image_root) if image_root else None, overwrite)
+
+    checked = check_input(input_path, image_root=image_root, max_pixels=max_pixels, num_proc=num_proc,
+                          progress=progress)
+    report = checked.report
+    report.settings.update({"val_ratio": val_ratio, "seed": seed, "strict": strict})
+    records = checked.records
+    if not records or (strict and report.dropped):
+        failure = report.save(_failure_report_path(output))
+        first = report.dropped[0] if report.dropped else None
+        why = f"; first: line {first.line}, {first.field}: {first.reason}" if first else ""
+        if not records:
+            raise VeloraError(f"{input_path}: no usable rows ({report.dropped_rows} dropped{why}); "
+                              f"every reason is in {failure}")
+        raise VeloraError(f"--strict: {report.dropped_rows} of {report.rows_read} rows would be dropped{why}; "
+                          f"every reason is in {failure}")
+
+    train_idx, val_idx = grouped_stratified_split([r.label for r in records], [r.image_key for r in records],
+                                                  val_ratio, seed)
+    splits = {"train": [records[i] for i in train_idx], "validation": [records[i] for i in val_idx]}
+    report.splits = {name: _split_summary(rows) for name, rows in splits.items()}
+    if report.splits["validation"]["rows"] and report.splits["validation"]["rows"] < 20:
+        report.warnings.append(QualityWarning(
+            "small_validation",
+            f"the validation split has only {report.splits['validation']['rows']} rows; its metrics will be noisy",
+        ))
+
+    from datasets import DatasetDict
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.velora-tmp-", dir=output.parent))
+    try:
+        full = build_dataset(records, work / "cache", max_pixels=max_pixels, progress=progress)
+        dataset = DatasetDict({"train": full.select(train_idx), "validation": full.select(val_idx)})
+        staged = work / "dataset"
+        with _quiet_datasets():
+            dataset.save_to_disk(str(staged), num_shards={n: 1 for n, rows in splits.items() if len(rows) == 0})
+        del dataset, full
+        report.output_dir = str(output)
+        report.save(staged / REPORT_NAME)
+        report.report_path = str(output / REPORT_NAME)
+        if output.exists():
+            os.replace(output, work / "previous")
+        os.replace(staged, output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    stale = _failure_report_path(output)
+    if stale.exists():
+        stale.unlink()
+    return report
+
+
+def load_records_with_report(
+    input_path: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    num_proc: int = 1,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    strict: bool = False,
+    progress: bool = False,
+):
+    """A CSV/JSONL checked and loaded in memory as one datasets.Dataset (same features as `convert` output, no
+    split), with its report. For `velora train --train_file x.csv` / `velora eval --test_file x.csv`."""
+    checked = check_input(input_path, image_root=image_root, max_pixels=max_pixels, num_proc=num_proc,
+                          progress=progress)
+    report = checked.report
+    if not checked.records or (strict and report.dropped):
+        first = report.dropped[0] if report.dropped else None
+        why = f"; first: line {first.line}, {first.field}: {first.reason}" if first else ""
+        what = "no usable rows" if not checked.records else f"{report.dropped_rows} rows would be dropped"
+        raise VeloraError(f"{input_path}: {what}{why}; run `velora validate {input_path}` for every reason")
+    with tempfile.TemporaryDirectory(prefix="velora-load-") as cache:
+        dataset = build_dataset(checked.records, cache, max_pixels=max_pixels, keep_in_memory=True,
+                                progress=progress)
+    return dataset, report
+
+
+def load_records(input_path: str | os.PathLike, **kwargs):
+    """load_records_with_report without the report: a datasets.Dataset with `features()`."""
+    return load_records_with_report(input_path, **kwargs)[0]

@@ -1,0 +1,676 @@
+"""`velora validate` and the checking half of `velora convert`: read a user's CSV/JSONL, check every row and image.
+
+Every input row is either kept or dropped with a reason naming its line, field and what to fix; nothing is dropped
+silently. The stages are small functions, used in this order by `check_input`:
+
+    read_input(path)            -> InputTable: header + RawRow per record (or a RowIssue for an unreadable line)
+    parse_row(raw)              -> Record + RowIssues for its text fields and label (pure)
+    resolve_image_path(...)     -> where the image is, plus flags (`..`, found via the working directory)
+    check_images(paths, ...)    -> full decode of every distinct image, in `num_proc` processes
+    find_duplicates / find_conflicts / quality_warnings            (velora.data_quality)
+
+The result is a CheckedInput: the records to write and a ConversionReport. velora.convert writes them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import unicodedata
+import uuid
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from PIL import Image
+
+from velora.data_quality import QualityWarning, RowIssue, find_conflicts, find_duplicates, quality_warnings
+from velora.errors import VeloraError
+from velora.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from velora.labels import LABELS, normalize_label
+
+FIELDS = ("image_path", "premise", "hypothesis", "label")  # the guide's CSV header; all four columns must exist
+REQUIRED_VALUES = ("image_path", "hypothesis", "label")  # an empty premise is allowed (image-only prompt)
+REPORT_NAME = "conversion_report.json"
+# Other spellings of the four columns/keys, after lower-casing and turning spaces/dashes into underscores.
+# SNLI-VE jsonl: Flikr30kID (sic) / sentence1 / sentence2 / gold_label.
+ALIASES = {
+    "image_path": ("image", "flikr30kid", "flickr30kid", "flickr30k_id"),
+    "premise": ("sentence1",),
+    "hypothesis": ("sentence2",),
+    "label": ("gold_label",),
+}
+MAX_VALUE_CHARS = 200  # of a rejected value quoted in the report
+
+CODE_TEXT = {
+    # dropped
+    "bad_encoding": "line is not UTF-8",
+    "bad_json": "broken JSON line",
+    "not_an_object": "JSON line is not an object",
+    "field_count": "wrong number of fields",
+    "missing_field": "missing field",
+    "empty_field": "empty required field",
+    "not_text": "field is not text",
+    "unknown_label": "unknown label",
+    "url_not_supported": "image path is a URL",
+    "image_not_found": "image file not found",
+    "not_a_file": "image path is a directory",
+    "empty_file": "empty image file",
+    "not_an_image": "not an image",
+    "truncated_image": "truncated or corrupt image",
+    "image_too_large": "image over the pixel limit",
+    "bad_image": "unreadable image",
+    # flagged (kept)
+    "duplicate": "exact duplicate, kept once",
+    "conflicting_labels": "same image + hypothesis, conflicting labels",
+    "outside_image_root": "image outside the CSV folder / --image_root (allowed)",
+    "found_in_working_directory": "image found relative to the working directory, not the CSV folder",
+}
+
+
+# --- reading -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RawRow:
+    """One input record: `values` maps the canonical field names found to their raw values."""
+
+    line: int
+    values: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InputTable:
+    path: Path
+    format: str  # "csv", "jsonl" or "snli-ve"
+    columns: list[str]  # as found (CSV header, or every JSONL key seen)
+    metadata_columns: list[str]
+    rows: list[RawRow | RowIssue]
+    blank_lines: int = 0
+
+
+def _canonical(name: object) -> str:
+    return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+
+
+def map_columns(names: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Header names -> ({field: index}, {metadata name: index}). A canonical name beats an alias."""
+    canon = [_canonical(n) for n in names]
+    fields: dict[str, int] = {}
+    for name in FIELDS:
+        for spelling in (name, *ALIASES[name]):
+            hits = [i for i, c in enumerate(canon) if c == spelling]
+            if len(hits) > 1:
+                raise VeloraError(f"column {names[hits[0]]!r} appears {len(hits)} times in the header; keep one")
+            if hits:
+                fields[name] = hits[0]
+                break
+    used = set(fields.values())
+    metadata = {}
+    for i, name in enumerate(names):
+        if i not in used:
+            metadata[str(name).strip() or f"column_{i + 1}"] = i
+    return fields, metadata
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    newline = b"\n" if b"\n" in data else b"\r"
+    return data.count(newline, 0, offset) + 1
+
+
+def _decode(path: Path, data: bytes) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise VeloraError(f"{path}: file is UTF-16 (Excel 'Unicode text'); save it as 'CSV UTF-8' instead")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise VeloraError(
+            f"{path} line {_line_of(data, e.start)}: not valid UTF-8 (byte 0x{data[e.start]:02x}); "
+            "save the file as UTF-8 (Excel: 'CSV UTF-8 (comma delimited)')"
+        ) from None
+
+
+def _sniff_delimiter(header_line: str, suffix: str) -> str:
+    if suffix == ".tsv":
+        return "\t"
+    if "," not in header_line:
+        for candidate in (";", "\t"):
+            if candidate in header_line:
+                return candidate
+    return ","
+
+
+def read_csv(path: Path) -> InputTable:
+    text = _decode(path, path.read_bytes())
+    first_line = re.split(r"\r\n|\r|\n", text, maxsplit=1)[0]
+    if not first_line.strip():
+        raise VeloraError(f"{path}: the file is empty or its first line is blank; it must start with the header "
+                          f"{','.join(FIELDS)}")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_sniff_delimiter(first_line, path.suffix.lower()))
+    try:
+        header = next(reader)
+    except csv.Error as e:
+        raise VeloraError(f"{path} line 1: cannot parse the header ({e})") from None
+    fields, metadata = map_columns(header)
+    missing = [name for name in FIELDS if name not in fields]
+    if missing:
+        hint = ""
+        if any(re.search(r"\.(jpe?g|png|gif|webp|bmp|tiff?)$", h.strip(), re.I) for h in header):
+            hint = " (the first line looks like data: add the header line)"
+        raise VeloraError(
+            f"{path}: missing column(s) {', '.join(missing)}; found columns: "
+            f"{', '.join(repr(h) for h in header)}{hint}. The header must be {','.join(FIELDS)}"
+        )
+    width = len(header)
+    needed = max(fields.values()) + 1
+    rows: list[RawRow | RowIssue] = []
+    blank = 0
+    previous_end = reader.line_num
+    while True:
+        start = previous_end + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise VeloraError(
+                f"{path} line {start}: cannot parse the CSV ({e}); look for an unmatched double quote"
+            ) from None
+        end, previous_end = reader.line_num, reader.line_num
+        if not any(cell.strip() for cell in row):
+            blank += 1
+            continue
+        if len(row) > width or len(row) < needed:
+            spans = f" (the record runs from line {start} to {end}: an unmatched double quote?)" if end > start else ""
+            advice = " - text containing a comma must be in double quotes" if len(row) > width else ""
+            rows.append(RowIssue(
+                start, "row", "field_count",
+                f"has {len(row)} fields but the header has {width}{spans}{advice}",
+                value=_clip(",".join(row)),
+            ))
+            continue
+        row = row + [""] * (width - len(row))
+        rows.append(RawRow(
+            start,
+            {name: row[i] for name, i in fields.items()},
+            {name: row[i] for name, i in metadata.items()},
+        ))
+    return InputTable(path, "csv", [h.strip() for h in header], list(metadata), rows, blank)
+
+
+def read_jsonl(path: Path) -> InputTable:
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    rows: list[RawRow | RowIssue] = []
+    seen_keys: dict[str, None] = {}
+    blank = 0
+    snli = False
+    lines = data.split(b"\n")
+    if lines and not lines[-1].strip():
+        lines.pop()  # after the final newline
+    for number, raw_line in enumerate(lines, start=1):
+        raw_line = raw_line.rstrip(b"\r")
+        if not raw_line.strip():
+            blank += 1
+            continue
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            rows.append(RowIssue(number, "row", "bad_encoding",
+                                 f"not valid UTF-8 (byte 0x{raw_line[e.start]:02x}); save the file as UTF-8"))
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            rows.append(RowIssue(number, "row", "bad_json", f"not valid JSON ({e.msg} at column {e.colno})",
+                                 value=_clip(line)))
+            continue
+        if not isinstance(obj, dict):
+            rows.append(RowIssue(number, "row", "not_an_object",
+                                 f"a line must be a JSON object with keys {', '.join(FIELDS)}, got {type(obj).__name__}",
+                                 value=_clip(line)))
+            continue
+        keys = list(obj)
+        for k in keys:
+            seen_keys.setdefault(str(k), None)
+        fields, metadata = map_columns(keys)
+        snli = snli or any(_canonical(k) in ("flikr30kid", "flickr30kid", "flickr30k_id") for k in keys)
+        rows.append(RawRow(
+            number,
+            {name: obj[keys[i]] for name, i in fields.items()},
+            {str(keys[i]): obj[keys[i]] for i in metadata.values()},
+        ))
+    metadata_columns = [k for k in seen_keys if _canonical(k) not in {*FIELDS, *sum(ALIASES.values(), ())}]
+    return InputTable(path, "snli-ve" if snli else "jsonl", list(seen_keys), metadata_columns, rows, blank)
+
+
+def read_input(path: str | os.PathLike) -> InputTable:
+    """Read a CSV (.csv/.tsv/.txt) or JSON Lines (.jsonl/.ndjson/.json) file; other suffixes are sniffed."""
+    path = Path(path)
+    if path.is_dir():
+        raise VeloraError(f"{path}: is a directory; give the CSV or JSONL file")
+    if not path.exists():
+        raise VeloraError(f"{path}: input file not found")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return read_jsonl(path)
+    if suffix in (".csv", ".tsv", ".txt"):
+        return read_csv(path)
+    with path.open("rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return read_jsonl(path) if head.startswith(b"{") else read_csv(path)
+
+
+# --- one row -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Record:
+    """A row after its text checks; image fields are filled in by the image check."""
+
+    line: int
+    image_path: str  # as written in the input
+    premise: str
+    hypothesis: str
+    label: str | None
+    metadata: dict[str, Any]
+    image_file: Path | None = None
+    image_key: str = ""  # sha256 of the image bytes
+    image_format: str | None = None
+
+
+def _clip(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 3] + "..."
+
+
+def _text(raw: RawRow, name: str, issues: list[RowIssue]) -> str:
+    if name not in raw.values:
+        if name in REQUIRED_VALUES:
+            issues.append(RowIssue(raw.line, name, "missing_field", f"no {name!r} field"))
+        return ""
+    value = raw.values[name]
+    if value is None:
+        value = ""
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    elif not isinstance(value, str):
+        issues.append(RowIssue(raw.line, name, "not_text", f"{name} must be text, got {type(value).__name__}",
+                               value=_clip(value)))
+        return ""
+    value = " ".join(value.split())
+    if not value and name in REQUIRED_VALUES:
+        issues.append(RowIssue(raw.line, name, "empty_field", f"{name} is empty"))
+    return value
+
+
+def parse_row(raw: RawRow) -> tuple[Record, list[RowIssue]]:
+    """Text and label checks for one row (no file access). The row is usable only if the issue list is empty."""
+    issues: list[RowIssue] = []
+    image_path = _text(raw, "image_path", issues)
+    premise = _text(raw, "premise", issues)
+    hypothesis = _text(raw, "hypothesis", issues)
+    label = None
+    raw_label = raw.values.get("label")
+    if "label" not in raw.values:
+        issues.append(RowIssue(raw.line, "label", "missing_field", "no 'label' field"))
+    elif raw_label is None or (isinstance(raw_label, str) and not raw_label.strip()):
+        issues.append(RowIssue(raw.line, "label", "empty_field", "label is empty"))
+    else:
+        label = normalize_label(raw_label) if isinstance(raw_label, str) else None
+        if label is None:
+            issues.append(RowIssue(
+                raw.line, "label", "unknown_label",
+                f"{_clip(raw_label)!r} is not a label; use entailment, contradiction or neutral (or yes/no/maybe)",
+                value=_clip(raw_label),
+            ))
+    if image_path and re.match(r"^[a-z][a-z0-9+.-]*://|^data:", image_path, re.I):
+        issues.append(RowIssue(raw.line, "image_path", "url_not_supported",
+                               "URLs are not supported; download the image and give its file path", value=image_path))
+    return Record(raw.line, image_path, premise, hypothesis, label, raw.metadata), issues
+
+
+# --- images ------------------------------------------------------------------------------------------------------
+
+
+def _variants(path: Path, snli: bool) -> Iterator[Path]:
+    yield path
+    text = str(path)
+    if "\\" in text:
+        yield Path(text.replace("\\", "/"))  # written on Windows
+    for form in ("NFC", "NFD"):  # macOS stores names decomposed
+        other = unicodedata.normalize(form, text)
+        if other != text:
+            yield Path(other)
+    if snli and not path.suffix:
+        yield path.with_suffix(".jpg")
+
+
+def _case_hint(path: Path) -> str:
+    try:
+        siblings = os.listdir(path.parent)
+    except OSError:
+        return ""
+    matches = [s for s in siblings if s.casefold() == path.name.casefold()]
+    return f"; a file named {matches[0]!r} exists (file names are case-sensitive)" if matches else ""
+
+
+def resolve_image_path(
+    image_path: str, base: Path, cwd: Path | None = None, *, snli: bool = False
+) -> tuple[Path | None, list[tuple[str, str]], str | None]:
+    """Where a row's image is: relative paths are taken from `base` (the CSV's folder or --image_root), then, when
+    `cwd` is given, from the working directory (the guide writes ./data/x.jpg next to a CSV inside data/).
+
+    Returns (file or None, flags as (code, reason), error when not found)."""
+    raw = Path(os.path.expanduser(image_path))
+    if raw.is_absolute():
+        bases: list[Path | None] = [None]
+    else:
+        bases = [base] + ([cwd] if cwd is not None and cwd.resolve() != base.resolve() else [])
+    for where in bases:
+        for candidate in _variants(raw, snli):
+            full = candidate if where is None else where / candidate
+            if not os.path.lexists(full):
+                continue
+            full = Path(os.path.abspath(full))
+            flags = []
+            if where is not None and where is not base:
+                flags.append(("found_in_working_directory",
+                              f"{image_path!r} is not in {base}; using {full} (relative to the working directory)"))
+            elif where is not None:
+                root = os.path.abspath(base)
+                if os.path.commonpath([root, str(full)]) != root:
+                    flags.append(("outside_image_root",
+                                  f"{full} is outside {root}; allowed, and its bytes are embedded in the dataset"))
+            return full, flags, None
+    first = raw if bases[0] is None else Path(os.path.abspath(bases[0] / raw))
+    looked = "" if bases[0] is None else f" (relative to {os.path.abspath(bases[0])}" + (
+        f" and to the working directory {bases[1]})" if len(bases) > 1 else ")")
+    return None, [], f"{first}: image file not found{looked}{_case_hint(first)}"
+
+
+@dataclass
+class ImageCheck:
+    path: str
+    error: str | None = None
+    code: str | None = None
+    sha256: str | None = None
+    format: str | None = None
+
+
+def _error_code(message: str) -> str:
+    for needle, code in (("is a directory", "not_a_file"), ("not found", "image_not_found"),
+                         ("empty (0 bytes)", "empty_file"), ("not an image", "not_an_image"),
+                         ("decompression bomb", "image_too_large"), ("truncated", "truncated_image")):
+        if needle in message:
+            return code
+    return "bad_image"
+
+
+def check_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageCheck:
+    """Decode the image completely (velora.images.load_image) and fingerprint its bytes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning / EXIF chatter; we report our own
+        try:
+            load_image(path, max_pixels=max_pixels)
+            data = Path(path).read_bytes()
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = img.format
+        except ImageError as e:
+            return ImageCheck(path, str(e), _error_code(str(e)))
+        except Exception as e:  # permissions, a Pillow plugin bug...: still this row's problem, not a crash
+            return ImageCheck(path, f"{path}: cannot be read ({type(e).__name__}: {e})", "bad_image")
+    return ImageCheck(path, sha256=hashlib.sha256(data).hexdigest(), format=fmt)
+
+
+def _check_chunk(jobs: list[tuple[str, int]]) -> list[ImageCheck]:
+    return [check_image(path, max_pixels) for path, max_pixels in jobs]
+
+
+def check_images(
+    paths: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, num_proc: int = 1, progress: bool = False
+) -> dict[str, ImageCheck]:
+    """check_image for every path, in `num_proc` worker processes, with a progress bar on stderr.
+
+    Workers start with forkserver (spawn where that is missing), never fork: the caller may hold threads. If the
+    workers cannot start (e.g. a script read from stdin cannot be re-imported), the rest is checked in-process."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    from tqdm.auto import tqdm
+
+    results: dict[str, ImageCheck] = {}
+    jobs = [(str(p), max_pixels) for p in paths]
+    with tqdm(total=len(jobs), desc="Checking images", unit="img", disable=not progress or not jobs) as bar:
+        if num_proc > 1 and len(jobs) > 1:
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+            size = max(1, min(64, len(jobs) // (num_proc * 8)))
+            try:
+                with ProcessPoolExecutor(min(num_proc, len(jobs)), mp_context=context) as pool:
+                    futures = [pool.submit(_check_chunk, jobs[i : i + size]) for i in range(0, len(jobs), size)]
+                    for future in as_completed(futures):
+                        checks = future.result()
+                        for check in checks:
+                            results[check.path] = check
+                        bar.update(len(checks))
+            except BrokenProcessPool:
+                warnings.warn("image-check worker processes failed to start; checking images in this process")
+        for job in jobs:
+            if job[0] not in results:
+                results[job[0]] = check_image(*job)
+                bar.update()
+    return results
+
+
+# --- the whole file ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConversionReport:
+    """What happened to every row. `dropped`: rows not in the output; `flagged`: rows kept but worth a look
+    (duplicates are kept once); `warnings`: data-quality advice about the whole file."""
+
+    input_path: str
+    input_format: str
+    columns: list[str]
+    metadata_columns: list[str]
+    rows_read: int
+    blank_rows: int
+    kept: int
+    images: int
+    labels: dict[str, int]
+    dropped: list[RowIssue]
+    flagged: list[RowIssue]
+    warnings: list[QualityWarning]
+    settings: dict[str, Any]
+    splits: dict[str, dict[str, Any]] | None = None
+    output_dir: str | None = None
+    report_path: str | None = None
+
+    @property
+    def dropped_rows(self) -> int:
+        return len({issue.line for issue in self.dropped})
+
+    @property
+    def duplicates(self) -> int:
+        return sum(1 for issue in self.flagged if issue.code == "duplicate")
+
+    def to_dict(self) -> dict:
+        from velora import __version__
+
+        return {
+            "velora_version": __version__,
+            "input": self.input_path,
+            "format": self.input_format,
+            "columns": self.columns,
+            "metadata_columns": self.metadata_columns,
+            "settings": self.settings,
+            "output_dir": self.output_dir,
+            "counts": {
+                "rows_read": self.rows_read,
+                "blank_rows_skipped": self.blank_rows,
+                "kept": self.kept,
+                "dropped": self.dropped_rows,
+                "duplicates_removed": self.duplicates,
+                "images": self.images,
+                "labels": self.labels,
+                "dropped_by_reason": dict(Counter(issue.code for issue in self.dropped).most_common()),
+                "flagged_by_reason": dict(Counter(issue.code for issue in self.flagged).most_common()),
+            },
+            "splits": self.splits,
+            "dropped": [issue.to_dict() for issue in self.dropped],
+            "flagged": [issue.to_dict() for issue in self.flagged],
+            "warnings": [w.to_dict() for w in self.warnings],
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        self.report_path = str(path)
+        return path
+
+    def summary(self, examples: int = 3) -> str:
+        """The console summary: counts, the reasons rows were dropped (with a few lines each), warnings."""
+        out = [f"Read {self.rows_read:,} rows from {self.input_path} ({self.input_format})."]
+        labels = "  ".join(f"{label} {self.labels.get(label, 0):,}" for label in LABELS)
+        out.append(f"Kept {self.kept:,} rows, {self.images:,} distinct images: {labels}")
+        if self.splits:
+            width = max(len(name) for name in self.splits)
+            for name, split in self.splits.items():
+                counts = "  ".join(f"{label} {split['labels'].get(label, 0):,}" for label in LABELS)
+                out.append(f"  {name:<{width}}  {split['rows']:>7,} rows  {split['images']:>6,} images   {counts}")
+        for title, issues in (("Dropped", self.dropped), ("Flagged (kept)", self.flagged)):
+            if not issues:
+                continue
+            rows = len({issue.line for issue in issues})
+            out.append(f"{title}: {rows:,} rows")
+            for code, count in Counter(issue.code for issue in issues).most_common():
+                out.append(f"  {count:>6,}  {CODE_TEXT.get(code, code)}")
+                for issue in [i for i in issues if i.code == code][:examples]:
+                    out.append(f"            line {issue.line}, {issue.field}: {issue.reason}")
+        for w in self.warnings:
+            out.append(f"Warning: {w.message}")
+        if self.report_path:
+            out.append(f"Report: {self.report_path}")
+        return "\n".join(out)
+
+
+@dataclass
+class CheckedInput:
+    records: list[Record]  # the rows that will be written, duplicates removed, in input order
+    report: ConversionReport
+
+
+def _label_counts(records: Sequence[Record]) -> dict[str, int]:
+    counts = Counter(r.label for r in records)
+    return {label: counts.get(label, 0) for label in LABELS}
+
+
+def check_input(
+    input_path: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    num_proc: int = 1,
+    progress: bool = False,
+) -> CheckedInput:
+    """Read and check every row and image; nothing is written. Raises VeloraError for a file-level problem
+    (missing file or columns, not UTF-8); a row-level problem drops that row with a reason in the report."""
+    if num_proc < 1:
+        raise VeloraError(f"--num_proc must be 1 or more, got {num_proc}")
+    table = read_input(input_path)
+    if image_root is not None:
+        base = Path(image_root)
+        if not base.is_dir():
+            raise VeloraError(f"--image_root {base}: not a directory")
+        cwd = None
+    else:
+        base, cwd = table.path.parent, Path.cwd()
+
+    dropped: list[RowIssue] = []
+    flagged: list[RowIssue] = []
+    parsed: list[tuple[Record, list[RowIssue]]] = []
+    for raw in table.rows:
+        if isinstance(raw, RowIssue):
+            dropped.append(raw)
+        else:
+            parsed.append(parse_row(raw))
+
+    for record, issues in parsed:
+        if not record.image_path or any(i.field == "image_path" for i in issues):
+            continue
+        file, flags, error = resolve_image_path(record.image_path, base, cwd, snli=table.format == "snli-ve")
+        if error:
+            issues.append(RowIssue(record.line, "image_path", "image_not_found", error, value=record.image_path))
+        else:
+            record.image_file = file
+            flagged.extend(RowIssue(record.line, "image_path", code, reason, value=record.image_path)
+                           for code, reason in flags)
+
+    distinct = list(dict.fromkeys(str(r.image_file) for r, _ in parsed if r.image_file is not None))
+    checks = check_images(distinct, max_pixels=max_pixels, num_proc=num_proc, progress=progress)
+
+    good: list[Record] = []
+    for record, issues in parsed:
+        if record.image_file is not None:
+            check = checks[str(record.image_file)]
+            if check.error:
+                issues.append(RowIssue(record.line, "image_path", check.code or "bad_image", check.error,
+                                       value=record.image_path))
+            else:
+                record.image_key, record.image_format = check.sha256 or "", check.format
+        if issues:
+            dropped.extend(issues)
+        else:
+            good.append(record)
+
+    keep, duplicates = find_duplicates(good)
+    records = [good[i] for i in keep]
+    flagged.extend(duplicates)
+    flagged.extend(find_conflicts(records))
+    report = ConversionReport(
+        input_path=str(table.path),
+        input_format=table.format,
+        columns=table.columns,
+        metadata_columns=table.metadata_columns,
+        rows_read=len(table.rows),
+        blank_rows=table.blank_lines,
+        kept=len(records),
+        images=len({r.image_key for r in records}),
+        labels=_label_counts(records),
+        dropped=sorted(dropped, key=lambda i: i.line),
+        flagged=sorted(flagged, key=lambda i: i.line),
+        warnings=quality_warnings(records),
+        settings={"image_root": str(base), "max_pixels": max_pixels},
+    )
+    return CheckedInput(records, report)
+
+
+def validate(
+    input_path: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    num_proc: int = 1,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    report_path: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> ConversionReport:
+    """The checks of `convert`, writing nothing but the report (when `report_path` is given)."""
+    report = check_input(input_path, image_root=image_root, max_pixels=max_pixels, num_proc=num_proc,
+                         progress=progress).report
+    if report_path is not None:
+        report.save(report_path)
+    return report
