@@ -20,16 +20,16 @@ REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 
 
-def image_bytes(seed: int = 0, size: int = 64, fmt: str = "PNG") -> bytes:
-    """A random-noise RGB image; different seeds give clearly different model inputs."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+def image_bytes(seed: int = 0, size: tuple[int, int] = (80, 60), fmt: str = "PNG") -> bytes:
+    """A random-noise RGB image (width, height); different seeds give clearly different model inputs."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format=fmt)
     return out.getvalue()
 
 
 def truncated_png(seed: int = 0) -> bytes:
-    data = image_bytes(seed, size=96)
+    data = image_bytes(seed, size=(96, 96))
     return data[: len(data) // 2]
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from velora.images import load_image
+from velora.images import ImageError, load_image
 
 MULTIPART, JSON = "multipart/form-data", "application/json"
 DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
@@ -139,9 +139,10 @@ def decode_image(data: bytes, filename: str | None, size: int) -> Image.Image:
     """Decode and validate an uploaded image (raises ImageError), resized to the model's input size here, in the
     request's thread, so the model's worker only runs the model. The Predictor's own resize is then a no-op, and
     the result is identical to scoring the original file."""
-    source: bytes | io.BytesIO = data
-    if data:
-        source = io.BytesIO(data)
-        source.name = filename or "uploaded image"
+    name = filename or "uploaded image"
+    if not data:
+        raise ImageError(f"{name}: file is empty (0 bytes)")
+    source = io.BytesIO(data)
+    source.name = name
     image = load_image(source)
     return image.resize((size, size), resample=Image.BICUBIC)
