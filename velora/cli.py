@@ -169,3 +169,180 @@ def demo_command(output_dir):
     from velora.demo import run_demo
 
     run_demo(output_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# eval / mine / merge / export
+
+
+@cli.command("eval")
+@model_options
+@click.option("--test_file", "--test-file", "test_file", required=True,
+              help="Labelled CSV/JSONL (image_path,premise,hypothesis,label) or a dataset folder from `velora convert`.")
+@click.option("--split", default="validation", show_default=True,
+              help="Split of a converted dataset: validation, train or all (ignored for a CSV/JSONL).")
+@click.option("--output_report", "--output-report", "output_report", default=None,
+              help="Also write the text report to this file.")
+@click.option("--output_json", "--output-json", "output_json", default=None, help="Write every number as JSON.")
+@click.option("--plot", default=None, help="Draw the confusion matrix to this image (.png, .svg, .pdf).")
+@click.option("--compare_base", "--compare-base", "compare_base", is_flag=True,
+              help="Also score with the adapter switched off; show base, tuned and the deltas.")
+@click.option("--batch_size", "--batch-size", "batch_size", type=click.IntRange(1, 1024), default=16,
+              show_default=True)
+def eval_command(model_path, base_model, device, dtype, image_size, test_file, split, output_report, output_json,
+                 plot, compare_base, batch_size):
+    """Accuracy, per-class precision / recall / F1 and the confusion matrix on a labelled test set.
+
+    \b
+    Examples:
+      velora eval --model_path ./lora_finetuned --test_file ./data/test_set.csv \\
+          --output_report ./eval_report.txt
+      velora eval --model_path ./lora_finetuned --test_file ./data/hf_dataset --compare_base \\
+          --output_json eval.json --plot confusion.png
+    """
+    from velora.evaluate import check_output_paths, evaluate
+
+    check_output_paths(output_report, output_json, plot)
+    predictor = load_predictor(model_path, base_model, device, dtype, image_size)
+    result = evaluate(predictor, test_file, split=split, compare_base=compare_base, batch_size=batch_size,
+                      progress=True)
+    click.echo(result.to_text())
+    for path, save in ((output_report, result.save_text), (output_json, result.save_json), (plot, result.plot)):
+        if path:
+            click.echo(f"Wrote {save(path)}", err=True)
+
+
+@cli.command("mine")
+@model_options
+@click.option("--data_dir", "--data-dir", "data_dir", required=True,
+              help="Dataset folder from `velora convert` (every split unless --split), or a CSV/JSONL.")
+@click.option("--output_file", "--output-file", "output_file", required=True,
+              help="CSV to write; `velora convert` accepts it as is.")
+@click.option("--confidence_threshold", "--confidence-threshold", "confidence_threshold", type=float, default=0.6,
+              show_default=True, help="List examples whose top probability is below this (flag: ambiguous).")
+@click.option("--mislabel_confidence", "--mislabel-confidence", "mislabel_confidence", type=float, default=0.9,
+              show_default=True,
+              help="Also list examples predicted as another label with at least this confidence "
+                   "(flag: likely_mislabeled).")
+@click.option("--no_mislabeled", "--no-mislabeled", "no_mislabeled", is_flag=True,
+              help="List only the low-confidence examples.")
+@click.option("--strategy", type=click.Choice(["confidence", "margin", "entropy"]), default="confidence",
+              show_default=True, help="Orders the ambiguous examples hardest first: lowest top probability, "
+                                      "smallest top-two margin, or highest entropy.")
+@click.option("--top_k", "--top-k", "top_k", type=click.IntRange(min=1), default=None,
+              help="Keep only the K hardest ambiguous examples (likely-mislabelled ones are all kept).")
+@click.option("--split", default="all", show_default=True, help="Split of a converted dataset: all, train, validation.")
+@click.option("--batch_size", "--batch-size", "batch_size", type=click.IntRange(1, 1024), default=16,
+              show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace --output_file if it exists.")
+def mine_command(model_path, base_model, device, dtype, image_size, data_dir, output_file, confidence_threshold,
+                 mislabel_confidence, no_mislabeled, strategy, top_k, split, batch_size, overwrite):
+    """Find the examples worth a second look: low confidence (ambiguous) or confidently contradicting their label
+    (likely_mislabeled).
+
+    Writes a CSV with each example's fields, the predicted label, the three probabilities, margin, entropy
+    (normalised, 0 = certain, 1 = uniform), the flag and its source row; images that exist only inside the
+    dataset are saved to <output>_images/. Review the labels, then feed the file back with `velora convert`.
+
+    \b
+    Examples:
+      velora mine --model_path ./lora_finetuned --data_dir ./data/hf_dataset \\
+          --confidence_threshold 0.6 --output_file ./data/hard_examples.csv
+      velora mine --model_path ./lora_finetuned --data_dir ./data/my_ve_data.csv \\
+          --strategy margin --top_k 100 --output_file hard.csv
+    """
+    from pathlib import Path
+
+    from velora.mine import check_output, check_settings, mine
+
+    mislabel = None if no_mislabeled else mislabel_confidence
+    check_settings(confidence_threshold, strategy, top_k, mislabel)
+    check_output(Path(output_file), overwrite)
+    predictor = load_predictor(model_path, base_model, device, dtype, image_size)
+    result = mine(predictor, data_dir, output_file, confidence_threshold=confidence_threshold, strategy=strategy,
+                  top_k=top_k, mislabel_confidence=mislabel, split=split, batch_size=batch_size,
+                  overwrite=overwrite, progress=True)
+    click.echo(result.summary(confidence_threshold, mislabel))
+
+
+def _alias(command: click.Command, name: str, of: str) -> click.Command:
+    import copy
+
+    alias = copy.copy(command)
+    alias.name, alias.short_help = name, f"Same as `velora {of}`."
+    return alias
+
+
+cli.add_command(_alias(mine_command, "collect-hard-examples", "mine"))
+
+
+@cli.command("merge")
+@click.option("--base_model", "--base-model", "base_model", default=None,
+              help="Base model dir or hub id (default: the one named in the adapter's adapter_config.json).")
+@click.option("--lora_path", "--lora-path", "lora_path", required=True, help="LoRA adapter folder from `velora train`.")
+@click.option("--output_dir", "--output-dir", "output_dir", required=True, help="Folder for the merged model.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
+              help="Storage dtype of the merged weights (the merge itself is done in float32).")
+@click.option("--device", default="cpu", show_default=True, help="Where to merge and run the self-check.")
+@click.option("--overwrite", is_flag=True, help="Replace a model already in --output_dir.")
+def merge_command(base_model, lora_path, output_dir, dtype, device, overwrite):
+    """Fold a LoRA adapter into its base model and save one plain model (no PEFT needed to load it).
+
+    The result is checked before it is written: on a few examples it must give the adapter's probabilities.
+
+    \b
+    Examples:
+      velora merge --base_model iic/ofa_visual-entailment_snli-ve_large_en \\
+          --lora_path ./lora_finetuned --output_dir ./merged_model
+      velora merge --lora_path ./lora_finetuned --output_dir ./merged_fp16 --dtype float16
+    """
+    from velora.merge import merge_lora
+
+    click.echo(f"Merging {lora_path} ...", err=True)
+    result = merge_lora(lora_path, output_dir, base_model=base_model, dtype=dtype, device=device,
+                        overwrite=overwrite)
+    click.echo(result.summary())
+
+
+@cli.group("export")
+def export_group() -> None:
+    """Export a model for other runtimes."""
+
+
+@export_group.command("onnx")
+@click.option("--model_path", "--model-path", "model_path", envvar="VELORA_MODEL", required=True,
+              help="Model directory, LoRA adapter directory (merged first), or hub id [env VELORA_MODEL].")
+@click.option("--base_model", "--base-model", "base_model", default=None,
+              help="Base model for an adapter (default: the one named in its adapter_config.json).")
+@click.option("--output", required=True, help="The .onnx file to write.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Write an int8 (dynamic) graph to --output; the fp32 one stays beside it as <name>.fp32.onnx.")
+@click.option("--eval_file", "--eval-file", "eval_file", default=None,
+              help="Labelled CSV/JSONL or converted dataset: report the accuracy of the exported graph(s).")
+@click.option("--split", default="validation", show_default=True, help="Split of a converted --eval_file.")
+@click.option("--image_size", "--image-size", "image_size", type=int, default=None,
+              help="Image size baked into the graph (default: the model's).")
+@click.option("--opset", type=click.IntRange(17), default=17, show_default=True)
+@click.option("--batch_size", "--batch-size", "batch_size", type=click.IntRange(1, 1024), default=8,
+              show_default=True, help="Batch size for --eval_file.")
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
+def export_onnx_command(model_path, base_model, output, quantize, eval_file, split, image_size, opset, batch_size,
+                        overwrite):
+    """Export the scoring graph (image + token ids -> three probabilities) to ONNX and check it with onnxruntime.
+
+    Beside the .onnx go <name>.json (image size, mean/std, prompt templates, answer ids, label order) and the
+    tokenizer files; `velora.export.OnnxPredictor.from_file(PATH)` runs it from Python.
+
+    \b
+    Examples:
+      velora export onnx --model_path ./merged_model --output model.onnx
+      velora export onnx --model_path ./lora_finetuned --output model_int8.onnx --quantize int8 \\
+          --eval_file ./data/hf_dataset
+    """
+    from velora.export import export_onnx
+
+    click.echo(f"Exporting {model_path} ...", err=True)
+    result = export_onnx(model_path, output, base_model=base_model, quantize=quantize, eval_file=eval_file,
+                         split=split, image_size=image_size, opset=opset, batch_size=batch_size,
+                         overwrite=overwrite, progress=True)
+    click.echo(result.summary())

@@ -1,0 +1,180 @@
+"""Labelled examples for `eval`, `mine` and `export --eval_file`: read once here, scored through any scorer with the
+Predictor's `probabilities(images, premises, hypotheses, batch_size=...)` interface.
+
+A source is either a dataset directory written by `velora convert` (a DatasetDict with train/validation, or a single
+saved Dataset) or a CSV/JSONL file, checked on the fly by `velora.convert.load_records_with_report` exactly as
+`velora convert` would check it (rows it drops are counted, never hidden).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from velora.errors import VeloraError
+from velora.images import load_image
+from velora.labels import LABELS, normalize_label
+
+ALL_SPLITS = "all"  # every split of a DatasetDict, one after the other, with a `split` column
+REQUIRED_COLUMNS = ("image", "hypothesis", "label")
+
+
+@dataclass
+class ExampleSet:
+    """Labelled examples; `dataset` has velora's dataset columns with images left undecoded ({"bytes", "path"})."""
+
+    dataset: Any  # datasets.Dataset
+    source: str  # for reports: "data/test.csv" or "data/hf_dataset [validation]"
+    dropped: list = field(default_factory=list)  # velora.data_quality.RowIssue per CSV/JSONL row the checks left out
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def labels(self) -> list[str]:
+        return [_label_name(self.dataset, v, i) for i, v in enumerate(self.dataset["label"])]
+
+    def rows(self, start: int, stop: int) -> dict[str, list]:
+        """Columns of rows [start, stop) as lists."""
+        return self.dataset[start:stop]
+
+    def dropped_summary(self) -> str | None:
+        if not self.dropped:
+            return None
+        first = self.dropped[0]
+        return (f"{len({i.line for i in self.dropped})} row(s) of {self.source} were left out by the input checks "
+                f"(first: line {first.line}, {first.field}: {first.reason}); "
+                f"run `velora validate {self.source}` for every reason")
+
+
+def _label_name(dataset, value, index: int) -> str:
+    feature = dataset.features["label"]
+    if hasattr(feature, "int2str") and isinstance(value, int):
+        value = feature.int2str(value)
+    label = normalize_label(value)
+    if label is None:
+        raise VeloraError(f"row {index}: label {value!r} is not one of {', '.join(LABELS)}")
+    return label
+
+
+def _load_dataset_dir(path: Path, split: str) -> tuple[Any, str]:
+    from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
+
+    try:
+        loaded = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise VeloraError(f"{path}: not a dataset saved by `velora convert` ({str(e).splitlines()[0]})") from None
+    if isinstance(loaded, Dataset):
+        return loaded, str(path)
+    assert isinstance(loaded, DatasetDict)
+    names = list(loaded)
+    if split == ALL_SPLITS:
+        parts = [loaded[n].add_column("split", [n] * len(loaded[n])) for n in names if len(loaded[n])]
+        if not parts:
+            raise VeloraError(f"{path}: every split is empty")
+        return concatenate_datasets(parts), f"{path} [{', '.join(names)}]"
+    if split not in loaded:
+        raise VeloraError(f"{path}: no {split!r} split (it has {', '.join(names)}); pass --split "
+                          f"{' or '.join([*names, ALL_SPLITS])}")
+    if len(loaded[split]) == 0:
+        others = [n for n in names if n != split and len(loaded[n])]
+        hint = f"; pass --split {others[0]} or {ALL_SPLITS}" if others else ""
+        raise VeloraError(f"{path}: the {split!r} split is empty{hint}")
+    return loaded[split], f"{path} [{split}]"
+
+
+def load_examples(path: str | os.PathLike, split: str = "validation") -> ExampleSet:
+    """Labelled examples from a `velora convert` dataset directory or a CSV/JSONL file.
+
+    `split` picks the split of a DatasetDict ("validation", "train", or "all" for every split with a `split`
+    column); it is ignored for a single Dataset and for a CSV/JSONL (all its usable rows).
+    """
+    from datasets import Image as ImageFeature
+
+    path = Path(path)
+    if not path.exists():
+        raise VeloraError(f"{path}: no such file or dataset directory")
+    dropped: list = []
+    if path.is_dir():
+        dataset, source = _load_dataset_dir(path, split)
+    else:
+        from velora.convert import load_records_with_report
+
+        dataset, report = load_records_with_report(path)
+        source, dropped = str(path), list(report.dropped)
+    missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
+    if missing:
+        raise VeloraError(f"{source}: missing column(s) {', '.join(missing)}; a velora dataset has "
+                          f"{', '.join(REQUIRED_COLUMNS)} (make one with `velora convert`)")
+    if len(dataset) == 0:
+        raise VeloraError(f"{source}: no examples")
+    if isinstance(dataset.features["image"], ImageFeature):
+        dataset = dataset.cast_column("image", ImageFeature(decode=False))
+    return ExampleSet(dataset, source, dropped)
+
+
+def image_source(image: Any) -> bytes | str:
+    """An undecoded datasets image ({"bytes", "path"}) or a path string -> what the Predictor accepts."""
+    if isinstance(image, dict):
+        return image["bytes"] if image.get("bytes") else image["path"]
+    return image
+
+
+def metadata_of(rows: dict[str, list], i: int) -> dict:
+    """Row i's extra input columns (convert keeps them as a JSON object in `metadata`)."""
+    text = rows.get("metadata", [None] * (i + 1))[i]
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        value = {"metadata": text}
+    return value if isinstance(value, dict) else {"metadata": value}
+
+
+def _row_name(rows: dict[str, list], i: int) -> str:
+    where = f"source row {rows['source_row'][i]}" if "source_row" in rows else f"row {i}"
+    return where + (f" ({rows['split'][i]} split)" if "split" in rows else "")
+
+
+def iter_chunks(examples: ExampleSet, size: int) -> Iterator[tuple[int, dict[str, list]]]:
+    for start in range(0, len(examples), size):
+        yield start, examples.rows(start, start + size)
+
+
+def score_examples(scorer, examples: ExampleSet, *, batch_size: int = 16, adapter: str | None = None,
+                   progress: bool = False, desc: str = "scoring") -> torch.Tensor:
+    """(N, 3) probabilities in LABELS order for every example, read a few batches at a time (images stay on disk
+    until needed). `scorer` is a Predictor or anything with the same `probabilities` method."""
+    if batch_size < 1:
+        raise VeloraError(f"--batch_size must be 1 or more, got {batch_size}")
+    extra = {"adapter": adapter} if adapter is not None else {}
+    out = torch.empty(len(examples), len(LABELS))
+    bar = tqdm(total=len(examples), desc=desc, unit="ex", disable=not progress)
+    for start, rows in iter_chunks(examples, max(4 * batch_size, 32)):
+        images = [image_source(img) for img in rows["image"]]
+        premises = rows.get("premise", [None] * len(images))
+        try:
+            probs = scorer.probabilities(images, premises, rows["hypothesis"], batch_size=batch_size, **extra)
+        except VeloraError as e:
+            raise _name_failing_row(e, rows, images) from None
+        out[start:start + len(images)] = probs
+        bar.update(len(images))
+    bar.close()
+    return out
+
+
+def _name_failing_row(error: VeloraError, rows: dict[str, list], images: list) -> VeloraError:
+    """Turn a batch-level error into one naming the row whose image or text is at fault."""
+    for i, image in enumerate(images):
+        try:
+            load_image(image)
+        except VeloraError as e:
+            return VeloraError(f"{_row_name(rows, i)}, image: {e}")
+        if not str(rows["hypothesis"][i] or "").strip():
+            return VeloraError(f"{_row_name(rows, i)}, hypothesis: empty")
+    return error

@@ -1,0 +1,240 @@
+"""`velora eval`: accuracy, per-class precision / recall / F1, macro and weighted averages and the confusion matrix
+of a model on a labelled test set, optionally beside the base model (adapter switched off).
+
+Metrics come from scikit-learn; averages run over the labels present in the test set or the predictions, as
+scikit-learn does by default. The confusion matrix has rows = true label, columns = predicted label, LABELS order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from velora.data import ExampleSet, load_examples, score_examples
+from velora.errors import VeloraError
+from velora.labels import LABELS
+from velora.predictor import BASE, Predictor
+
+SHORT = {"entailment": "entail", "contradiction": "contra", "neutral": "neutral"}  # confusion-matrix headers
+
+
+@dataclass
+class Metrics:
+    examples: int
+    correct: int
+    accuracy: float
+    per_class: dict[str, dict[str, float]]  # label -> precision, recall, f1, support
+    macro_avg: dict[str, float]  # precision, recall, f1
+    weighted_avg: dict[str, float]
+    confusion_matrix: list[list[int]]  # [true][predicted], LABELS order
+    predicted_counts: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "labels": list(LABELS)}
+
+    def flat(self) -> dict[str, float]:
+        """The headline numbers under stable names, for side-by-side tables and deltas."""
+        out = {"accuracy": self.accuracy, "macro f1": self.macro_avg["f1"], "weighted f1": self.weighted_avg["f1"]}
+        for label in LABELS:
+            for name in ("precision", "recall", "f1"):
+                out[f"{label} {name}"] = self.per_class[label][name]
+        return out
+
+
+def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> Metrics:
+    """Metrics of predicted vs true labels (label names from LABELS)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    if len(y_true) != len(y_pred) or not y_true:
+        raise VeloraError(f"need as many predictions as labels, at least one: got {len(y_pred)} and {len(y_true)}")
+    unknown = sorted({*y_true, *y_pred} - set(LABELS))
+    if unknown:
+        raise VeloraError(f"unknown label(s) {', '.join(map(repr, unknown))}; expected {', '.join(LABELS)}")
+    present = [label for label in LABELS if label in set(y_true) | set(y_pred)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # undefined precision/recall (no predictions/support) count as 0, reported
+        p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=list(LABELS), zero_division=0)
+        averages = {avg: precision_recall_fscore_support(y_true, y_pred, labels=present, average=avg,
+                                                         zero_division=0)[:3] for avg in ("macro", "weighted")}
+    matrix = confusion_matrix(y_true, y_pred, labels=list(LABELS))
+    correct = int(np.trace(matrix))
+    return Metrics(
+        examples=len(y_true),
+        correct=correct,
+        accuracy=correct / len(y_true),
+        per_class={label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                   for i, label in enumerate(LABELS)},
+        macro_avg=dict(zip(("precision", "recall", "f1"), map(float, averages["macro"]))),
+        weighted_avg=dict(zip(("precision", "recall", "f1"), map(float, averages["weighted"]))),
+        confusion_matrix=matrix.tolist(),
+        predicted_counts={label: int(matrix[:, i].sum()) for i, label in enumerate(LABELS)},
+    )
+
+
+def predicted_labels(probabilities) -> list[str]:
+    return [LABELS[i] for i in np.asarray(probabilities).argmax(-1)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text
+
+
+def classification_table(m: Metrics) -> list[str]:
+    lines = [f"{'':<16}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}"]
+    for label in LABELS:
+        c = m.per_class[label]
+        lines.append(f"{label:<16}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10d}")
+    lines.append("")
+    for name, avg in (("macro avg", m.macro_avg), ("weighted avg", m.weighted_avg)):
+        lines.append(f"{name:<16}{avg['precision']:>10.4f}{avg['recall']:>10.4f}{avg['f1']:>10.4f}"
+                     f"{m.examples:>10d}")
+    return lines
+
+
+def confusion_table(m: Metrics) -> list[str]:
+    lines = [f"{'true/predicted':<16}" + "".join(f"{SHORT[label]:>10}" for label in LABELS) + f"{'total':>10}"]
+    for label, row in zip(LABELS, m.confusion_matrix):
+        lines.append(f"{label:<16}" + "".join(f"{n:>10d}" for n in row) + f"{sum(row):>10d}")
+    lines.append(f"{'total':<16}" + "".join(f"{m.predicted_counts[label]:>10d}" for label in LABELS)
+                 + f"{m.examples:>10d}")
+    return lines
+
+
+def comparison_table(base: Metrics, tuned: Metrics) -> list[str]:
+    lines = [f"{'':<24}{'base':>10}{'tuned':>10}{'delta':>10}"]
+    b, t = base.flat(), tuned.flat()
+    for name in t:
+        lines.append(f"{name:<24}{b[name]:>10.4f}{t[name]:>10.4f}{t[name] - b[name]:>+10.4f}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass
+class EvalResult:
+    model: str
+    test_set: str
+    metrics: Metrics
+    base_metrics: Metrics | None = None
+    note: str | None = None  # rows of the test file left out by the input checks
+
+    def deltas(self) -> dict[str, float] | None:
+        if self.base_metrics is None:
+            return None
+        b = self.base_metrics.flat()
+        return {name: value - b[name] for name, value in self.metrics.flat().items()}
+
+    def to_dict(self) -> dict:
+        out = {"model": self.model, "test_set": self.test_set, **self.metrics.to_dict()}
+        if self.note:
+            out["note"] = self.note
+        if self.base_metrics is not None:
+            out["base"] = self.base_metrics.to_dict()
+            out["delta"] = self.deltas()
+        return out
+
+    def to_text(self) -> str:
+        m = self.metrics
+        lines = [f"Model:    {self.model}", f"Test set: {self.test_set} ({m.examples} examples)"]
+        if self.note:
+            lines.append(f"Note:     {self.note}")
+        lines += ["", f"Accuracy: {m.accuracy:.4f} ({m.correct}/{m.examples})", ""]
+        if self.base_metrics is not None:
+            lines += ["Base model (adapter off) vs tuned:", *comparison_table(self.base_metrics, m), ""]
+        lines += ["Tuned model:" if self.base_metrics is not None else "Per class:", *classification_table(m), ""]
+        lines += ["Confusion matrix (rows = true label, columns = predicted):", *confusion_table(m)]
+        if self.base_metrics is not None:
+            lines += ["", "Base model:", *classification_table(self.base_metrics), "",
+                      "Base confusion matrix (rows = true label, columns = predicted):",
+                      *confusion_table(self.base_metrics)]
+        return "\n".join(lines) + "\n"
+
+    def save_text(self, path: str | os.PathLike) -> Path:
+        return _write(path, self.to_text())
+
+    def save_json(self, path: str | os.PathLike) -> Path:
+        return _write(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        return plot_confusion(self, path)
+
+
+def check_output_paths(report: str | None, json_path: str | None, plot: str | None) -> None:
+    """Fail before the (slow) evaluation on an output path that cannot be written."""
+    for flag, path in (("--output_report", report), ("--output_json", json_path), ("--plot", plot)):
+        if path and Path(path).is_dir():
+            raise VeloraError(f"{flag} {path}: is a directory; give a file name")
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+
+        formats = Figure().canvas.get_supported_filetypes()
+        if Path(plot).suffix.lstrip(".").lower() not in formats:
+            raise VeloraError(f"--plot {plot}: unknown image type; end the name with .png, .svg or .pdf")
+
+
+def _write(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise VeloraError(f"{path}: is a directory; give a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def evaluate(predictor: Predictor, test_file: str | os.PathLike | ExampleSet, *, split: str = "validation",
+             compare_base: bool = False, batch_size: int = 16, progress: bool = False) -> EvalResult:
+    """Score every example of `test_file` (CSV/JSONL or `velora convert` dataset; see `velora.data.load_examples`)
+    with `predictor`; with `compare_base`, also with its adapter switched off."""
+    if compare_base and not predictor.adapter_names:
+        raise VeloraError("--compare_base needs a LoRA adapter as --model_path; this is a plain model")
+    examples = test_file if isinstance(test_file, ExampleSet) else load_examples(test_file, split)
+    y_true = examples.labels
+    probs = score_examples(predictor, examples, batch_size=batch_size, progress=progress, desc="eval")
+    base = None
+    if compare_base:
+        base_probs = score_examples(predictor, examples, batch_size=batch_size, adapter=BASE, progress=progress,
+                                    desc="eval (base)")
+        base = compute_metrics(y_true, predicted_labels(base_probs))
+    return EvalResult(predictor.description, examples.source, compute_metrics(y_true, predicted_labels(probs)),
+                      base, examples.dropped_summary())
+
+
+def plot_confusion(result: EvalResult, path: str | os.PathLike) -> Path:
+    """PNG (or any matplotlib format, by suffix) of the confusion matrix, base and tuned side by side if compared."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    panels = [("tuned", result.metrics)] if result.base_metrics is not None else [("model", result.metrics)]
+    if result.base_metrics is not None:
+        panels.insert(0, ("base", result.base_metrics))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
+    for ax, (name, m) in zip(axes[0], panels):
+        ConfusionMatrixDisplay(np.array(m.confusion_matrix), display_labels=list(LABELS)).plot(
+            ax=ax, cmap="Blues", colorbar=False, values_format="d")
+        ax.set_title(f"{name}: accuracy {m.accuracy:.3f} (n={m.examples})")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=120)
+    except ValueError as e:  # unknown suffix
+        raise VeloraError(f"--plot {path}: {e}") from None
+    finally:
+        plt.close(fig)
+    return path

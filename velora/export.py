@@ -1,0 +1,264 @@
+"""`velora export onnx`: the scoring graph (normalised image + prompt token ids -> three label probabilities) as ONNX,
+checked with onnxruntime against torch, optionally int8-quantized (dynamic) with the accuracy change measured.
+
+A LoRA adapter is merged first (`velora.merge.merged_model`), so the graph is one plain OFA. Beside `model.onnx`
+go `model.json` (what a consumer needs: input layout, image size, mean/std, prompt templates, answer ids, label
+order) and the tokenizer files `vocab.json` + `merges.txt`; `OnnxPredictor.from_file("model.onnx")` uses them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from velora.errors import VeloraError
+from velora.images import ImageSource, load_image
+from velora.labels import ANSWER_WORDS, LABELS
+from velora.merge import CHECK_TEXTS, check_images, human_size, merged_model, source_dirs, tokenizer_dir
+from velora.ofa.model import OFAModel
+from velora.ofa.preprocess import (BOS, EOS, PAD, PreprocessConfig, collate_prompts, encode_prompt, image_to_tensor,
+                                   load_tokenizer)
+from velora.predictor import Predictor
+
+INPUT_NAMES = ["patch_images", "input_ids", "decoder_input_ids", "answer_positions"]
+OUTPUT_NAME = "probabilities"
+DYNAMIC_AXES = {"patch_images": {0: "batch"}, "input_ids": {0: "batch", 1: "length"},
+                "decoder_input_ids": {0: "batch", 1: "decoder_length"}, "answer_positions": {0: "batch"},
+                OUTPUT_NAME: {0: "batch"}}
+TOLERANCE = 1e-4  # max |probability difference| of the fp32 graph vs torch
+OPSET = 17
+
+
+class ScoringGraph(nn.Module):
+    """(patch_images, input_ids, decoder_input_ids, answer_positions) -> (B, 3) probabilities in LABELS order;
+    the answer token ids are baked in."""
+
+    def __init__(self, model: OFAModel, answer_ids: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("answer_ids", answer_ids.clone().cpu())
+        self.eval()  # export restores the mode it finds, for every submodule
+
+    def forward(self, patch_images: torch.Tensor, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor,
+                answer_positions: torch.Tensor) -> torch.Tensor:
+        logits = self.model.score_answers(input_ids, decoder_input_ids, answer_positions, self.answer_ids,
+                                          patch_images=patch_images)  # (B, 3)
+        return logits.float().softmax(-1)
+
+
+def graph_inputs(tokenizer, preprocess: PreprocessConfig, images: Sequence[ImageSource],
+                 premises: Sequence[str | None], hypotheses: Sequence[str]) -> list[torch.Tensor]:
+    """The graph's four inputs for a batch, preprocessed exactly as the Predictor does."""
+    pixels = torch.stack([image_to_tensor(load_image(img), preprocess) for img in images])  # (B, 3, S, S)
+    text = collate_prompts([encode_prompt(tokenizer, h, p, preprocess) for p, h in zip(premises, hypotheses)])
+    return [pixels, text.input_ids, text.decoder_input_ids, text.answer_positions]
+
+
+class OnnxPredictor:
+    """Scores with an exported graph on onnxruntime; `probabilities` works like `Predictor.probabilities`."""
+
+    def __init__(self, onnx_path: str | os.PathLike, tokenizer, preprocess: PreprocessConfig):
+        import onnxruntime as ort
+
+        self.path = Path(onnx_path)
+        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.description = f"ONNX {self.path}"
+
+    @classmethod
+    def from_file(cls, onnx_path: str | os.PathLike) -> "OnnxPredictor":
+        """Load `model.onnx` with the `model.json` and tokenizer files written beside it by `export_onnx`."""
+        path = Path(onnx_path)
+        sidecar = path.with_suffix(".json")
+        if not path.is_file() or not sidecar.is_file():
+            raise VeloraError(f"{path}: need the .onnx file and its {sidecar.name} (written by `velora export onnx`)")
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+        preprocess = PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                         for k, v in info["preprocess"].items()})
+        return cls(path, load_tokenizer(path.parent), preprocess)
+
+    def run(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs)}
+        return torch.from_numpy(self.session.run([OUTPUT_NAME], feeds)[0])
+
+    def probabilities(self, images: Sequence[ImageSource], premises: Sequence[str | None],
+                      hypotheses: Sequence[str], batch_size: int = 8, progress: bool = False) -> torch.Tensor:
+        out = torch.empty(len(images), len(LABELS))
+        for start in tqdm(range(0, len(images), batch_size), desc="onnx", disable=not progress):
+            end = start + batch_size
+            out[start:end] = self.run(graph_inputs(self.tokenizer, self.preprocess, images[start:end],
+                                                   premises[start:end], hypotheses[start:end]))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    max_diff: float  # fp32 graph vs torch on the check examples
+    size_bytes: int
+    fp32_path: Path | None = None  # kept beside an int8 model
+    fp32_size_bytes: int | None = None
+    int8_max_diff: float | None = None
+    int8_check_agreement: float | None = None  # same predicted label as torch, on the check examples
+    eval: dict | None = None  # accuracy of fp32 / int8 graphs on --eval_file
+
+    def summary(self) -> str:
+        lines = [f"ONNX fp32 vs torch: max |probability difference| {self.max_diff:.2e} (limit {TOLERANCE:.0e}) "
+                 f"on {len(CHECK_TEXTS) - 1} examples of another batch size and length than the export's"]
+        if self.fp32_path is not None:
+            lines.append(f"ONNX int8 vs torch: max |probability difference| {self.int8_max_diff:.2e}, same label "
+                         f"on {self.int8_check_agreement:.0%} of the check examples")
+            lines.append(f"Saved fp32 graph {self.fp32_path} ({human_size(self.fp32_size_bytes or 0)})")
+        lines.append(f"Saved {self.output} ({human_size(self.size_bytes)}) with {self.output.with_suffix('.json').name}"
+                     " and the tokenizer files beside it")
+        if self.eval:
+            e = self.eval
+            lines.append(f"Accuracy on {e['source']} ({e['examples']} examples): fp32 {e['fp32_accuracy']:.4f}")
+            if "int8_accuracy" in e:
+                lines[-1] += (f", int8 {e['int8_accuracy']:.4f} (change {e['int8_accuracy'] - e['fp32_accuracy']:+.4f}"
+                              f"; same label on {e['agreement']:.1%} of examples)")
+        return "\n".join(lines)
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.suffix != ".onnx":
+        raise VeloraError(f"--output {output}: give a file name ending in .onnx")
+    if output.is_dir():
+        raise VeloraError(f"--output {output}: is a directory; give a file name ending in .onnx")
+    if output.exists() and not overwrite:
+        raise VeloraError(f"--output {output}: already exists; pass --overwrite to replace it")
+
+
+def _export_graph(graph: ScoringGraph, example: list[torch.Tensor], path: Path, opset: int) -> None:
+    """TorchScript-based exporter: the model's `if padding.any()` shortcuts stop torch.export (dynamo). The example
+    batch is padded, so the traced graph always applies the padding masks, which is exact for unpadded input too."""
+    assert bool((example[1] == PAD).any()), "the export example must contain padding (see docstring)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about those shortcuts; legacy-exporter deprecation
+        torch.onnx.export(graph, tuple(example), str(path), dynamo=False, opset_version=opset,
+                          input_names=INPUT_NAMES, output_names=[OUTPUT_NAME], dynamic_axes=DYNAMIC_AXES)
+
+
+def _quantize_int8(source: Path, target: Path) -> None:
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.disable(logging.WARNING)  # its advice to run shape pre-processing, which fails on this graph
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _write_sidecar(path: Path, predictor: Predictor, opset: int, quantization: str | None) -> None:
+    info = {
+        "format": "velora-onnx/1",
+        "source_model": predictor.description,
+        "opset": opset,
+        "quantization": quantization,
+        "inputs": {
+            "patch_images": "float32 (batch, 3, S, S): RGB, bicubic resize to S x S (no crop), /255, (x-mean)/std",
+            "input_ids": f"int64 (batch, length): [bos={BOS}] + BPE(prompt) + [eos={EOS}], right-padded with {PAD}",
+            "decoder_input_ids": "int64 (batch, length-1): input_ids without each row's final eos, padded",
+            "answer_positions": "int64 (batch,): each row's prompt length (with bos and eos) minus 2",
+        },
+        "output": f"{OUTPUT_NAME}: float32 (batch, 3) in the order of `labels`",
+        "labels": list(LABELS),
+        "answer_words": [ANSWER_WORDS[label] for label in LABELS],
+        "answer_ids": predictor.answer_ids.tolist(),
+        "preprocess": predictor.preprocess.to_dict(),
+        "text_cleaning": "lowercase; strip leading ,.!?*#:;~; '-' and '/' to spaces; collapse whitespace; keep "
+                         "max_src_length words (velora.ofa.preprocess.clean_caption)",
+        "tokenizer": {"vocab": "vocab.json", "merges": "merges.txt", "type": "BART byte-level BPE"},
+    }
+    path.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike, *, base_model: str | None = None,
+                quantize: str | None = None, eval_file: str | os.PathLike | None = None, split: str = "validation",
+                image_size: int | None = None, opset: int = OPSET, batch_size: int = 8, overwrite: bool = False,
+                progress: bool = False) -> ExportResult:
+    """Export `model_path` (model dir, adapter dir or hub id) to `output` (.onnx), check it against torch with
+    onnxruntime, and with `quantize="int8"` write the int8 graph to `output` (the fp32 one to `<stem>.fp32.onnx`)."""
+    if quantize not in (None, "int8"):
+        raise VeloraError(f"--quantize {quantize}: only int8 (dynamic) is supported")
+    output = Path(output)
+    _check_output(output, overwrite)
+    examples = None
+    if eval_file is not None:
+        from velora.data import load_examples
+
+        examples = load_examples(eval_file, split)  # fail on a bad eval file before the slow export
+    predictor = Predictor.from_pretrained(model_path, base_model=base_model, device="cpu", dtype=torch.float32,
+                                          image_size=image_size)
+    graph = ScoringGraph(merged_model(predictor), predictor.answer_ids)
+    premises, hypotheses = (list(x) for x in zip(*CHECK_TEXTS))
+    images = check_images()
+
+    def inputs(rows: slice) -> list[torch.Tensor]:
+        return graph_inputs(predictor.tokenizer, predictor.preprocess, images[rows], premises[rows], hypotheses[rows])
+
+    fp32_path = output.with_name(output.stem + ".fp32.onnx") if quantize else output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _export_graph(graph, inputs(slice(0, 2)), fp32_path, opset)
+    check = inputs(slice(1, None))  # another batch size and other lengths than the export example
+    with torch.inference_mode():
+        expected = graph(*check)
+    fp32 = OnnxPredictor(fp32_path, predictor.tokenizer, predictor.preprocess)
+    max_diff = (fp32.run(check) - expected).abs().max().item()
+    if max_diff > TOLERANCE:
+        fp32_path.unlink()
+        raise VeloraError(f"ONNX graph differs from torch by {max_diff:.2e} (limit {TOLERANCE:.0e}); removed it")
+    _write_sidecar(fp32_path, predictor, opset, None)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(tokenizer_dir(*source_dirs(model_path, base_model)) / name, output.parent / name)
+    result = ExportResult(output, max_diff, fp32_path.stat().st_size)
+    if quantize:
+        _quantize_int8(fp32_path, output)
+        _write_sidecar(output, predictor, opset, "int8 dynamic (onnxruntime quantize_dynamic, QInt8 weights)")
+        int8 = OnnxPredictor(output, predictor.tokenizer, predictor.preprocess)
+        got = int8.run(check)
+        result.fp32_path, result.fp32_size_bytes = fp32_path, result.size_bytes
+        result.size_bytes = output.stat().st_size
+        result.int8_max_diff = (got - expected).abs().max().item()
+        result.int8_check_agreement = (got.argmax(-1) == expected.argmax(-1)).float().mean().item()
+    if examples is not None:
+        result.eval = _eval_change(fp32, int8 if quantize else None, examples, batch_size, progress)
+    return result
+
+
+def _eval_change(fp32: OnnxPredictor, int8: OnnxPredictor | None, examples, batch_size: int, progress: bool
+                 ) -> dict:
+    """Accuracy of the fp32 graph (and the int8 one, with how often the two agree) on labelled examples."""
+    from velora.data import score_examples
+    from velora.evaluate import predicted_labels
+
+    labels = examples.labels
+
+    def predict(scorer: OnnxPredictor) -> list[str]:
+        return predicted_labels(score_examples(scorer, examples, batch_size=batch_size, progress=progress,
+                                               desc=f"eval {scorer.path.name}"))
+
+    fp32_pred = predict(fp32)
+    out = {"source": examples.source, "examples": len(labels),
+           "fp32_accuracy": sum(p == t for p, t in zip(fp32_pred, labels)) / len(labels)}
+    if int8 is not None:
+        int8_pred = predict(int8)
+        out["int8_accuracy"] = sum(p == t for p, t in zip(int8_pred, labels)) / len(labels)
+        out["agreement"] = sum(a == b for a, b in zip(fp32_pred, int8_pred)) / len(labels)
+    return out
