@@ -75,6 +75,101 @@ def load_predictor(model_path: str, base_model: str | None, device: str, dtype: 
                                      image_size=image_size, quantize=quantize)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# convert / validate
+
+
+def _input_options(f):
+    """INPUT (positional) or --csv_path/--input, --image_root, --num_proc, --max_pixels: shared by convert/validate."""
+    options = [
+        click.argument("input_arg", metavar="[INPUT]", required=False, type=click.Path(dir_okay=False)),
+        click.option("--csv_path", "--csv-path", "--input", "input_path", type=click.Path(dir_okay=False),
+                     help="The CSV (image_path,premise,hypothesis,label) or JSONL file; same as INPUT."),
+        click.option("--image_root", "--image-root", "image_root", type=click.Path(file_okay=False), default=None,
+                     help="Folder relative image paths start from (default: the input file's folder, then the "
+                          "working directory)."),
+        click.option("--num_proc", "--num-proc", "num_proc", type=click.IntRange(1), default=1, show_default=True,
+                     help="Processes that decode images in parallel."),
+        click.option("--max_pixels", "--max-pixels", "max_pixels", type=click.IntRange(1), default=None,
+                     help="Refuse images with more pixels (decompression bombs) [default: 89,478,485]."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _pick_input(input_arg: str | None, input_path: str | None) -> str:
+    if input_arg and input_path and input_arg != input_path:
+        raise click.UsageError(f"two inputs given ({input_arg} and --csv_path {input_path}); give one")
+    if not (input_arg or input_path):
+        raise click.UsageError("give the input file: --csv_path data/my_ve_data.csv (or INPUT)")
+    return input_arg or input_path
+
+
+@cli.command("convert")
+@_input_options
+@click.option("--output_dir", "--output-dir", "output_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder to write the dataset to (created; must be new, empty, or a dataset with --overwrite).")
+@click.option("--val_ratio", "--val-ratio", "val_ratio", type=click.FloatRange(0, 1, max_open=True), default=0.2,
+              show_default=True, help="Share of rows for the validation split (0: empty validation split).")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the train/validation split.")
+@click.option("--strict", is_flag=True, help="Write nothing and exit with code 2 if any row would be dropped.")
+@click.option("--overwrite", is_flag=True, help="Replace a dataset already in --output_dir.")
+def convert_command(input_arg, input_path, image_root, num_proc, max_pixels, output_dir, val_ratio, seed, strict,
+                    overwrite):
+    """Check a CSV/JSONL of image-text pairs and write a Hugging Face dataset (train + validation).
+
+    Every row is kept or dropped with a reason (line, field, what to fix) in
+    OUTPUT_DIR/conversion_report.json. Relative image paths start from the CSV's folder (or --image_root); each
+    image is fully decoded and its original bytes are embedded, so OUTPUT_DIR is self-contained. No image is in
+    both splits; the validation split has the label mix of the whole.
+
+    \b
+    Examples:
+      velora convert --csv_path ./data/my_ve_data.csv --output_dir ./data/hf_dataset
+      velora convert --input data/pairs.jsonl --output_dir data/hf_dataset --val_ratio 0.1 --num_proc 4
+      velora convert --input snli_ve_dev.jsonl --image_root flickr30k_images --output_dir snli_ve_dev --strict
+    """
+    from velora.convert import convert
+    from velora.images import DEFAULT_MAX_PIXELS
+
+    report = convert(_pick_input(input_arg, input_path), output_dir, image_root=image_root, val_ratio=val_ratio,
+                     seed=seed, strict=strict, num_proc=num_proc, overwrite=overwrite,
+                     max_pixels=max_pixels or DEFAULT_MAX_PIXELS, progress=True)
+    click.echo(report.summary())
+
+
+@cli.command("validate")
+@_input_options
+@click.option("--report_path", "--report-path", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the JSON report [default: <input>.validation_report.json beside the input].")
+@click.pass_context
+def validate_command(ctx, input_arg, input_path, image_root, num_proc, max_pixels, report_path):
+    """Run every check of `velora convert` and write only the report, with data-quality advice.
+
+    Exit code 0 when every row would be kept, 1 when some would be dropped (their lines and reasons are listed),
+    2 when the file itself is unusable (missing columns, not UTF-8...).
+
+    \b
+    Examples:
+      velora validate data/my_ve_data.csv
+      velora validate --input data/pairs.jsonl --report_path checks.json --num_proc 4
+    """
+    from pathlib import Path
+
+    from velora.convert import validate
+    from velora.images import DEFAULT_MAX_PIXELS
+
+    source = Path(_pick_input(input_arg, input_path))
+    if report_path is None:
+        report_path = source.with_name(f"{source.stem}.validation_report.json")
+    report = validate(source, image_root=image_root, num_proc=num_proc, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                      report_path=report_path, progress=True)
+    click.echo(report.summary())
+    if report.dropped:
+        ctx.exit(1)
+
+
 @cli.command("predict")
 @model_options
 @click.option("--image", required=True, help="Image file (any format Pillow reads).")
