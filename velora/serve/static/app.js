@@ -23,6 +23,11 @@ function setImage(file) {
   imageFile = file;
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.onerror = () => {  // not something the browser can show; the server will say whether it can read it
+    preview.hidden = true;
+    $("drop-hint").hidden = false;
+    $("drop-hint").textContent = "No preview for this file";
+  };
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
   $("drop-hint").hidden = true;
