@@ -118,3 +118,22 @@ def balanced_rows(folder: Path, n_images: int, per_image: int = 1, *, prefix: st
             rows.append([name, f"A photo number {i} of a red shoe on a white table", f"Hypothesis {k} about it",
                          labels[(i + j) % 3]])
     return rows
+
+
+def write_keyed_csv(path: Path, rows: Sequence[tuple[str, Sequence[str] | str]], header: Sequence[str] = HEADER, *,
+                    newline: str = "\n", bom: bool = False) -> dict[str, int]:
+    """Write `rows` as (key, fields) - fields may be a raw text line for malformed rows - and return {key: the line
+    where that row starts}, counting quoted newlines the way an editor does."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator=newline)
+    writer.writerow(header)
+    lines: dict[str, int] = {}
+    for key, fields in rows:
+        lines[key] = buffer.getvalue().count("\n") + 1
+        if isinstance(fields, str):
+            buffer.write(fields + newline)
+        else:
+            writer.writerow(fields)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + buffer.getvalue().encode("utf-8"))
+    return lines

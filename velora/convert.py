@@ -111,16 +111,21 @@ def build_dataset(
     keep_in_memory: bool = False,
     progress: bool = False,
 ):
-    """Checked records -> datasets.Dataset with `features()`, each image's bytes embedded."""
-    from datasets import Dataset
+    """Checked records -> datasets.Dataset with `features()`, each image's bytes embedded.
+
+    The image column is written as a plain struct<bytes, path> and then cast to `Image()`: encoding straight to
+    `Image()` would drop the checked bytes (and a PNG re-encoding) whenever `path` names an existing file."""
+    from datasets import Dataset, Value
 
     feats = features()
+    raw = feats.copy()
+    raw["image"] = {"bytes": Value("binary"), "path": Value("string")}
     with _quiet_datasets():
         if not records:
             return Dataset.from_dict({name: [] for name in feats}, features=feats)
-        return Dataset.from_generator(
+        dataset = Dataset.from_generator(
             _examples,
-            features=feats,
+            features=raw,
             # a tuple, not a list: datasets would make one shard per list item
             gen_kwargs={"records": tuple(records), "max_pixels": max_pixels, "progress": progress,
                         "desc": "Embedding images"},
@@ -128,6 +133,7 @@ def build_dataset(
             keep_in_memory=keep_in_memory,
             fingerprint=uuid.uuid4().hex,  # no reuse of a stale cache, no hashing of every record
         )
+        return dataset.cast(feats)
 
 
 def _split_summary(records: Sequence[Record]) -> dict[str, Any]:

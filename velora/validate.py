@@ -170,7 +170,11 @@ def read_csv(path: Path) -> InputTable:
             f"{', '.join(repr(h) for h in header)}{hint}. The header must be {','.join(FIELDS)}"
         )
     width = len(header)
-    needed = max(fields.values()) + 1
+    # Every row has exactly the header's fields: with extra columns, a short row is as likely shifted as truncated.
+    # Only unnamed columns at the end of the header (a trailing comma) may be left out.
+    needed = width
+    while needed > max(fields.values()) + 1 and not header[needed - 1].strip():
+        needed -= 1
     rows: list[RawRow | RowIssue] = []
     blank = 0
     previous_end = reader.line_num
@@ -190,7 +194,8 @@ def read_csv(path: Path) -> InputTable:
             continue
         if len(row) > width or len(row) < needed:
             spans = f" (the record runs from line {start} to {end}: an unmatched double quote?)" if end > start else ""
-            advice = " - text containing a comma must be in double quotes" if len(row) > width else ""
+            advice = (" - text containing a comma must be in double quotes" if len(row) > width
+                      else " - a value is missing (leave it empty but keep its comma)" if not spans else "")
             rows.append(RowIssue(
                 start, "row", "field_count",
                 f"has {len(row)} fields but the header has {width}{spans}{advice}",
