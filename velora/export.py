@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from velora.errors import VeloraError
 from velora.images import ImageSource, load_image
 from velora.labels import ANSWER_WORDS, LABELS
-from velora.merge import CHECK_TEXTS, check_images, human_size, merged_model, source_dirs, tokenizer_dir
+from velora.merge import (CHECK_TEXTS, check_images, human_size, load_checked, merged_model, source_dirs,
+                          tokenizer_dir)
 from velora.ofa.model import OFAModel
 from velora.ofa.preprocess import (BOS, EOS, PAD, PreprocessConfig, collate_prompts, encode_prompt, image_to_tensor,
                                    load_tokenizer)
@@ -204,8 +205,7 @@ def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike, *, bas
         from velora.data import load_examples
 
         examples = load_examples(eval_file, split)  # fail on a bad eval file before the slow export
-    predictor = Predictor.from_pretrained(model_path, base_model=base_model, device="cpu", dtype=torch.float32,
-                                          image_size=image_size)
+    predictor = load_checked(model_path, base_model, image_size=image_size)
     graph = ScoringGraph(merged_model(predictor), predictor.answer_ids)
     premises, hypotheses = (list(x) for x in zip(*CHECK_TEXTS))
     images = check_images()

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,68 @@ def refuse_quantized(base_dir: Path) -> None:
                           "merge into the original float checkpoint, then quantize the merged model")
 
 
+def adapter_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Saved LoRA weight name -> shape, without loading the tensors (safetensors) where possible."""
+    path = adapter_dir / "adapter_model.safetensors"
+    if path.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    path = adapter_dir / "adapter_model.bin"
+    if not path.exists():
+        raise VeloraError(f"{adapter_dir}: no adapter_model.safetensors or adapter_model.bin")
+    return {k: tuple(v.shape) for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+
+
+def check_adapter_fits(adapter_dir: Path, base_dir: Path) -> None:
+    """Every saved LoRA weight must belong to a Linear of the base with matching sizes (PEFT's own error names
+    none of that)."""
+    from velora.ofa.checkpoint import read_config
+
+    with torch.device("meta"):
+        modules = dict(OFAModel(read_config(base_dir)).named_modules())
+    for key, shape in adapter_shapes(adapter_dir).items():
+        name, _, part = key.removeprefix("base_model.model.").partition(".lora_")
+        module = modules.get(name)
+        if not part:
+            continue  # modules_to_save copies and the like: PEFT checks those
+        if not isinstance(module, torch.nn.Linear):
+            raise VeloraError(f"adapter {adapter_dir} has LoRA weights for {name}, which {base_dir} does not have: "
+                              "it was trained on another base model; pass that one with --base_model")
+        fits = shape[1] == module.in_features if part.startswith("A") else shape[0] == module.out_features
+        if part[0] in "AB" and not fits:
+            raise VeloraError(f"adapter {adapter_dir} does not fit {base_dir}: {key} has shape {list(shape)} but "
+                              f"{name} is {module.in_features} -> {module.out_features}; it was trained on another "
+                              "base model; pass that one with --base_model")
+
+
+def check_adapter_complete(predictor: Predictor, adapter_dir: Path, base_dir: Path) -> None:
+    """PEFT only warns when base layers it targets have no saved weights (a deeper base than the adapter's)."""
+    saved = set(adapter_shapes(adapter_dir))
+    loaded = {k.replace(".default.", ".") for k in predictor.peft_model.state_dict() if ".lora_" in k}
+    missing = sorted(loaded - saved)
+    if missing:
+        raise VeloraError(f"adapter {adapter_dir} has no weights for {missing[0]} ({len(missing)} in all) of "
+                          f"{base_dir}: it was trained on another base model; pass that one with --base_model")
+
+
+def load_checked(model_path: str | os.PathLike, base_model: str | os.PathLike | None = None, *,
+                 device: str = "cpu", image_size: int | None = None) -> Predictor:
+    """An fp32 Predictor for a model or adapter directory; an adapter is first checked against its base."""
+    dirs = source_dirs(model_path, base_model)
+    if len(dirs) == 1:
+        return Predictor.from_pretrained(dirs[0], device=device, dtype=torch.float32, image_size=image_size)
+    adapter_dir, base_dir = dirs
+    check_adapter_fits(adapter_dir, base_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT's missing-keys warning: check_adapter_complete makes it an error
+        predictor = Predictor.from_pretrained(adapter_dir, base_model=str(base_dir), device=device,
+                                              dtype=torch.float32, image_size=image_size)
+    check_adapter_complete(predictor, adapter_dir, base_dir)
+    return predictor
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Merge
 
@@ -205,7 +268,7 @@ def merge_lora(lora_path: str | os.PathLike, output_dir: str | os.PathLike, *,
     _check_output_dir(output, [adapter_dir, base_dir], overwrite)
     refuse_quantized(base_dir)
 
-    predictor = Predictor.from_pretrained(adapter_dir, base_model=str(base_dir), device=device, dtype=torch.float32)
+    predictor = load_checked(adapter_dir, base_dir, device=device)
     expected = check_probabilities(predictor)
     model = merged_model(predictor)
     diff_merged = (check_probabilities(predictor) - expected).abs().max().item()

@@ -98,8 +98,8 @@ class MineResult:
             where = f" (images in {self.images_dir})" if self.images_dir else ""
             lines.append(f"Wrote {len(self.rows)} rows to {self.output_file}{where}.")
             if self.rows:
-                lines.append(f"Next: review the `label` column, then `velora convert {self.output_file}` (or add "
-                             "the rows to your training CSV) and train again.")
+                lines.append(f"Next: review the `label` column, then `velora convert --csv_path {self.output_file} "
+                             "--output_dir DIR` (or add the rows to your training CSV) and train again.")
         return "\n".join(lines)
 
 
