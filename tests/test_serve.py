@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from concurrent import futures
 import logging
 import os
 import socket
@@ -386,6 +387,20 @@ def test_batcher_a_failing_example_fails_alone():
         futures[1].result(10)
     batcher.close()
     assert calls[0] == ("a", ["ok1", "boom", "ok2"]) and len(calls) == 4
+
+
+def test_batcher_never_waits_for_nobody_but_waits_for_incoming_requests():
+    calls = []
+    batcher = MicroBatcher(recording_predict(calls), max_batch_size=8, max_wait_ms=600_000).start()
+    assert batcher.submit(job("alone")).result(30).batch_size == 1  # not held for the 10-minute max_wait
+    with batcher.incoming():  # a request being read: worth waiting for
+        first = batcher.submit(job("early"))
+        with pytest.raises(futures.TimeoutError):
+            first.result(0.3)
+        second = batcher.submit(job("late"))
+    assert first.result(30).batch_size == second.result(30).batch_size == 2
+    batcher.close()
+    assert calls == [("a", ["alone"]), ("a", ["early", "late"])]
 
 
 def test_batcher_queue_limit_and_close():

@@ -1,9 +1,10 @@
 """Micro-batching: requests from many connections share one model through one worker thread.
 
 The worker takes the first waiting example, then gathers more until it has `max_batch_size` or `max_wait_ms` have
-passed since the first, splits them by adapter and makes one model call per adapter. While it computes, new
-requests queue up, so under load batches fill without waiting. A failure in a batch is retried example by example,
-so one bad example fails alone.
+passed since the first, splits them by adapter and makes one model call per adapter. It only waits while other
+requests are on their way (inside `incoming()`: body being read, image decoded), so a lone request is never held
+back; while it computes, new requests queue up, so under load batches fill without waiting. A failed batch is
+retried example by example, so one bad example fails alone.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -62,6 +64,7 @@ class MicroBatcher:
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._loop, name="velora-batcher", daemon=True)
         self._closed = False
+        self._incoming = 0  # requests being read/decoded that will submit soon; changed on the event loop only
 
     # -- caller side -----------------------------------------------------------------------------------------
 
@@ -76,6 +79,15 @@ class MicroBatcher:
     @property
     def depth(self) -> int:
         return self._queue.qsize()
+
+    @contextmanager
+    def incoming(self):
+        """Wrap a request's work before `submit` so the worker knows it is worth waiting for."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
 
     def submit(self, job: Job) -> Future:
         """Queue one example; the Future resolves to a Scored. Raises QueueFull or BatcherClosed at once."""
@@ -124,6 +136,8 @@ class MicroBatcher:
         deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_batch_size:
             remaining = deadline - time.monotonic()
+            if self._queue.empty() and (remaining <= 0 or self._incoming == 0):
+                break  # nobody else is coming (or the wait is over): do not hold these back
             try:
                 item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:

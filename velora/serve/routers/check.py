@@ -102,22 +102,55 @@ async def check(request: Request, service: Service = Depends(get_service)) -> Ch
     image in base64. Answers the relation, its score and all three probabilities."""
     start = time.perf_counter()
     settings = service.settings
-    fields, data, filename = await parse_check(request, max_text_bytes=4 * settings.max_text_chars + 1024)
-    premise, hypothesis = check_texts(fields, settings.max_text_chars)
-    adapter = pick_adapter(fields.adapter, service.adapters, service.default_adapter)
-    try:
-        image = await _decode(service, data, filename)
-    except ImageError as e:
-        raise InputError("image", str(e)) from None
-    (future,) = _submit(service, [Job(image, premise, hypothesis, adapter)])
+    with service.batcher.incoming():
+        fields, data, filename = await parse_check(request, max_text_bytes=4 * settings.max_text_chars + 1024)
+        premise, hypothesis = check_texts(fields, settings.max_text_chars)
+        adapter = pick_adapter(fields.adapter, service.adapters, service.default_adapter)
+        try:
+            image = await _decode(service, data, filename)
+        except ImageError as e:
+            raise InputError("image", str(e)) from None
+        (future,) = _submit(service, [Job(image, premise, hypothesis, adapter)])
     try:
         scored = await asyncio.wrap_future(future)
     except VeloraError as e:
         raise HTTPException(status_code=400, detail=str(e)) from None
     service.metrics.observe_prediction(adapter, scored.prediction)
     result = CheckResult(**_result(scored, adapter), latency_ms=_ms(start))
-    request.state.log = f"adapter={adapter} relation={result.relation} score={result.score:.3f} batch={result.batch_size}"
+    request.state.log = (f"adapter={adapter} relation={result.relation} score={result.score:.3f} "
+                         f"batch={result.batch_size}")
     return result
+
+
+async def _batch_jobs(service: Service, items: list, results: list) -> list[tuple[int, Job]]:
+    """Check and decode every item: a bad one gets its error in `results`, good ones become (index, Job).
+    Identical image strings are decoded once, into one image object, so the Predictor shares its features."""
+    limit = service.settings.max_text_chars
+    checked: list[tuple[int, str | None, str, str, str]] = []  # index, premise, hypothesis, adapter, image text
+    raw: dict[str, bytes] = {}
+    for i, item in enumerate(items):
+        prefix = f"items[{i}]."
+        try:
+            premise, hypothesis = check_texts(item, limit, prefix)
+            adapter = pick_adapter(item.adapter, service.adapters, service.default_adapter, prefix + "adapter")
+            if item.image not in raw:
+                raw[item.image] = decode_base64(item.image, prefix + "image")
+        except InputError as e:
+            results[i] = ItemResult(index=i, error=e.detail, field=e.field)
+            continue
+        checked.append((i, premise, hypothesis, adapter, item.image))
+    decoded = await asyncio.gather(*(_decode(service, data, None) for data in raw.values()), return_exceptions=True)
+    images = dict(zip(raw, decoded))
+    jobs = []
+    for i, premise, hypothesis, adapter, text in checked:
+        image = images[text]
+        if isinstance(image, ImageError):
+            results[i] = ItemResult(index=i, error=f"items[{i}].image: {image}", field=f"items[{i}].image")
+        elif isinstance(image, BaseException):
+            raise image
+        else:
+            jobs.append((i, Job(image, premise, hypothesis, adapter)))
+    return jobs
 
 
 @router.post("/check_batch", response_model=BatchResult, response_model_exclude_none=True, responses=ERRORS,
@@ -127,39 +160,14 @@ async def check_batch(request: Request, body: BatchJSON, service: Service = Depe
     answered in order; a bad item gets `error` + `field` and the others are still scored. Repeat the same image
     string for several hypotheses: it is decoded once and its visual features shared."""
     start = time.perf_counter()
-    settings = service.settings
-    if len(body.items) > settings.max_batch_items:
-        raise InputError("items", f"{len(body.items)} items, over the limit of {settings.max_batch_items} per "
-                                  "request; send them in several requests")
+    limit = service.settings.max_batch_items
+    if len(body.items) > limit:
+        raise InputError("items", f"{len(body.items)} items, over the limit of {limit} per request; "
+                                  "send them in several requests")
     results: list[ItemResult | None] = [None] * len(body.items)
-    pending: list[tuple[int, str | None, str, str, str]] = []  # index, premise, hypothesis, adapter, image text
-    raw: dict[str, bytes] = {}
-    for i, item in enumerate(body.items):
-        prefix = f"items[{i}]."
-        try:
-            premise, hypothesis = check_texts(item, settings.max_text_chars, prefix)
-            adapter = pick_adapter(item.adapter, service.adapters, service.default_adapter, prefix + "adapter")
-            if item.image not in raw:
-                raw[item.image] = decode_base64(item.image, prefix + "image")
-        except InputError as e:
-            results[i] = ItemResult(index=i, error=e.detail, field=e.field)
-            continue
-        pending.append((i, premise, hypothesis, adapter, item.image))
-
-    texts = list(raw)
-    decoded = await asyncio.gather(*(_decode(service, raw[t], None) for t in texts), return_exceptions=True)
-    images = dict(zip(texts, decoded))
-    jobs: list[tuple[int, Job]] = []
-    for i, premise, hypothesis, adapter, text in pending:
-        image = images[text]
-        if isinstance(image, ImageError):
-            results[i] = ItemResult(index=i, error=f"items[{i}].image: {image}", field=f"items[{i}].image")
-        elif isinstance(image, BaseException):
-            raise image
-        else:
-            jobs.append((i, Job(image, premise, hypothesis, adapter)))
-
-    futures = _submit(service, [job for _, job in jobs])
+    with service.batcher.incoming():
+        jobs = await _batch_jobs(service, body.items, results)
+        futures = _submit(service, [job for _, job in jobs])
     scored_all = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
     for (i, job), scored in zip(jobs, scored_all):
         if isinstance(scored, VeloraError):
