@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from concurrent import futures
+from concurrent.futures import TimeoutError as FutureTimeout
 import logging
 import os
 import socket
@@ -395,7 +395,7 @@ def test_batcher_never_waits_for_nobody_but_waits_for_incoming_requests():
     assert batcher.submit(job("alone")).result(30).batch_size == 1  # not held for the 10-minute max_wait
     with batcher.incoming():  # a request being read: worth waiting for
         first = batcher.submit(job("early"))
-        with pytest.raises(futures.TimeoutError):
+        with pytest.raises(FutureTimeout):
             first.result(0.3)
         second = batcher.submit(job("late"))
     assert first.result(30).batch_size == second.result(30).batch_size == 2
