@@ -380,7 +380,7 @@ def resolve_image_path(
     if raw.is_absolute():
         bases: list[Path | None] = [None]
     else:
-        bases = [base] + ([cwd] if cwd is not None and cwd.resolve() != base.resolve() else [])
+        bases = [base] + ([cwd] if cwd is not None and os.path.abspath(cwd) != os.path.abspath(base) else [])
     for where in bases:
         for candidate in _variants(raw, snli):
             full = candidate if where is None else where / candidate
@@ -405,11 +405,13 @@ def resolve_image_path(
 
 @dataclass
 class ImageCheck:
-    path: str
+    path: str  # as given: the row's image_path (locate_and_check) or a file path (check_image)
     error: str | None = None
     code: str | None = None
     sha256: str | None = None
     format: str | None = None
+    file: str | None = None  # where the image was found
+    flags: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _error_code(message: str) -> str:
@@ -421,15 +423,39 @@ def _error_code(message: str) -> str:
     return "bad_image"
 
 
+def _sniff_format(data: bytes) -> str | None:
+    """The common formats by their magic bytes (saves a second Image.open); None: ask Pillow."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
 def check_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageCheck:
-    """Decode the image completely (velora.images.load_image) and fingerprint its bytes."""
+    """Decode the image completely (velora.images.load_image) and fingerprint its bytes; the file is read once."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning / EXIF chatter; we report our own
         try:
-            load_image(path, max_pixels=max_pixels)
-            data = Path(path).read_bytes()
-            with Image.open(io.BytesIO(data)) as img:
-                fmt = img.format
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:
+                data = b""
+            if not data:  # missing, a directory, empty, unreadable: load_image's message says which
+                load_image(path, max_pixels=max_pixels)
+                raise ImageError(f"{path}: cannot be read")
+            source = io.BytesIO(data)
+            source.name = path  # errors name the file
+            load_image(source, max_pixels=max_pixels)
+            fmt = _sniff_format(data)
+            if fmt is None:
+                with Image.open(io.BytesIO(data)) as img:
+                    fmt = img.format
         except ImageError as e:
             return ImageCheck(path, str(e), _error_code(str(e)))
         except Exception as e:  # permissions, a Pillow plugin bug...: still this row's problem, not a crash
@@ -437,14 +463,33 @@ def check_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageCheck:
     return ImageCheck(path, sha256=hashlib.sha256(data).hexdigest(), format=fmt)
 
 
-def _check_chunk(jobs: list[tuple[str, int]]) -> list[ImageCheck]:
-    return [check_image(path, max_pixels) for path, max_pixels in jobs]
+def locate_and_check(
+    image_path: str, base: str, cwd: str | None = None, snli: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> ImageCheck:
+    """resolve_image_path + check_image for one image_path as written in the input (one worker task)."""
+    file, flags, error = resolve_image_path(image_path, Path(base), Path(cwd) if cwd else None, snli=snli)
+    if error:
+        return ImageCheck(image_path, error, "image_not_found")
+    check = check_image(str(file), max_pixels)
+    check.path, check.file, check.flags = image_path, str(file), flags
+    return check
+
+
+def _check_chunk(jobs: list[tuple]) -> list[ImageCheck]:
+    return [locate_and_check(*job) for job in jobs]
 
 
 def check_images(
-    paths: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, num_proc: int = 1, progress: bool = False
+    image_paths: Sequence[str],
+    *,
+    base: str | os.PathLike,
+    cwd: str | os.PathLike | None = None,
+    snli: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    num_proc: int = 1,
+    progress: bool = False,
 ) -> dict[str, ImageCheck]:
-    """check_image for every path, in `num_proc` worker processes, with a progress bar on stderr.
+    """locate_and_check for every distinct image_path, in `num_proc` worker processes, with a progress bar on stderr.
 
     Workers start with forkserver (spawn where that is missing), never fork: the caller may hold threads. If the
     workers cannot start (e.g. a script read from stdin cannot be re-imported), the rest is checked in-process."""
@@ -454,7 +499,7 @@ def check_images(
     from tqdm.auto import tqdm
 
     results: dict[str, ImageCheck] = {}
-    jobs = [(str(p), max_pixels) for p in paths]
+    jobs = [(p, str(base), str(cwd) if cwd else None, snli, max_pixels) for p in dict.fromkeys(image_paths)]
     with tqdm(total=len(jobs), desc="Checking images", unit="img", disable=not progress or not jobs) as bar:
         if num_proc > 1 and len(jobs) > 1:
             methods = multiprocessing.get_all_start_methods()
@@ -472,7 +517,7 @@ def check_images(
                 warnings.warn("image-check worker processes failed to start; checking images in this process")
         for job in jobs:
             if job[0] not in results:
-                results[job[0]] = check_image(*job)
+                results[job[0]] = locate_and_check(*job)
                 bar.update()
     return results
 
@@ -604,6 +649,8 @@ def check_input(
         cwd = None
     else:
         base, cwd = table.path.parent, Path.cwd()
+        if os.path.abspath(cwd) == os.path.abspath(base):
+            cwd = None
 
     dropped: list[RowIssue] = []
     flagged: list[RowIssue] = []
@@ -614,29 +661,23 @@ def check_input(
         else:
             parsed.append(parse_row(raw))
 
-    for record, issues in parsed:
-        if not record.image_path or any(i.field == "image_path" for i in issues):
-            continue
-        file, flags, error = resolve_image_path(record.image_path, base, cwd, snli=table.format == "snli-ve")
-        if error:
-            issues.append(RowIssue(record.line, "image_path", "image_not_found", error, value=record.image_path))
-        else:
-            record.image_file = file
-            flagged.extend(RowIssue(record.line, "image_path", code, reason, value=record.image_path)
-                           for code, reason in flags)
-
-    distinct = list(dict.fromkeys(str(r.image_file) for r, _ in parsed if r.image_file is not None))
-    checks = check_images(distinct, max_pixels=max_pixels, num_proc=num_proc, progress=progress)
+    wanted = [r.image_path for r, issues in parsed
+              if r.image_path and not any(i.field == "image_path" for i in issues)]
+    checks = check_images(wanted, base=base, cwd=cwd, snli=table.format == "snli-ve", max_pixels=max_pixels,
+                          num_proc=num_proc, progress=progress)
 
     good: list[Record] = []
     for record, issues in parsed:
-        if record.image_file is not None:
-            check = checks[str(record.image_file)]
+        check = checks.get(record.image_path) if not any(i.field == "image_path" for i in issues) else None
+        if check is not None:
             if check.error:
                 issues.append(RowIssue(record.line, "image_path", check.code or "bad_image", check.error,
                                        value=record.image_path))
             else:
+                record.image_file = Path(check.file)
                 record.image_key, record.image_format = check.sha256 or "", check.format
+                flagged.extend(RowIssue(record.line, "image_path", code, reason, value=record.image_path)
+                               for code, reason in check.flags)
         if issues:
             dropped.extend(issues)
         else:
