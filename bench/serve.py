@@ -120,6 +120,16 @@ async def load(url: str, images: list[bytes], concurrency: int, requests: int) -
         return time.perf_counter() - start, latencies
 
 
+def model_counters(url: str) -> tuple[float, float, float]:
+    """(examples scored, model calls, seconds in model calls) so far, from the server's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {s.name: s.value for family in text_string_to_metric_families(httpx.get(url + "/metrics").text)
+              for s in family.samples if not s.labels}
+    return (values.get("velora_batch_size_sum", 0.0), values.get("velora_batch_size_count", 0.0),
+            values.get("velora_batch_seconds_sum", 0.0))
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
@@ -144,15 +154,20 @@ def main() -> None:
     try:
         for mode, size in (("batched", 16), ("unbatched", 1)):
             servers[mode] = start_server(model_dir, size, args.max_wait_ms, logs / f"{mode}.log")
-        results: dict[tuple[int, str], tuple[float, list[float]]] = {}
+        results: dict[tuple[int, str], dict] = {}
         for concurrency in args.concurrency:
             n = max(args.requests, 2 * concurrency)
             for mode in ("batched", "unbatched"):  # warm-up at this concurrency
                 asyncio.run(load(servers[mode][1], images, concurrency, concurrency))
             for mode in ("batched", "unbatched", "unbatched", "batched"):
-                seconds, latencies = asyncio.run(load(servers[mode][1], images, concurrency, n))
-                wall, lat = results.get((concurrency, mode), (0.0, []))
-                results[(concurrency, mode)] = (wall + seconds, lat + latencies)
+                url = servers[mode][1]
+                before = model_counters(url)
+                seconds, latencies = asyncio.run(load(url, images, concurrency, n))
+                moved = [b - a for a, b in zip(before, model_counters(url))]
+                row = results.setdefault((concurrency, mode), {"wall": 0.0, "lat": [], "model": [0.0, 0.0, 0.0]})
+                row["wall"] += seconds
+                row["lat"] += latencies
+                row["model"] = [x + y for x, y in zip(row["model"], moved)]
             print(f"  concurrency {concurrency} done", flush=True)
     finally:
         for process, _ in servers.values():
@@ -162,21 +177,24 @@ def main() -> None:
 
 
 def report(results: dict, levels: list[int]) -> None:
-    rows = ["| concurrency | batching | req/s | p50 ms | p95 ms |", "|---:|---|---:|---:|---:|"]
+    rows = ["| concurrency | batching | req/s | p50 ms | p95 ms | mean batch | model busy |",
+            "|---:|---|---:|---:|---:|---:|---:|"]
     rps = {}
     for concurrency in levels:
         for mode in ("batched", "unbatched"):
-            wall, lat = results[(concurrency, mode)]
-            rps[(concurrency, mode)] = len(lat) / wall
+            row = results[(concurrency, mode)]
+            lat, (examples, calls, model_seconds) = row["lat"], row["model"]
+            rps[(concurrency, mode)] = len(lat) / row["wall"]
             rows.append(f"| {concurrency} | {'on (16)' if mode == 'batched' else 'off (1)'} | "
-                        f"{rps[(concurrency, mode)]:.1f} | {percentile(lat, 50):.0f} | {percentile(lat, 95):.0f} |")
+                        f"{rps[(concurrency, mode)]:.1f} | {percentile(lat, 50):.0f} | {percentile(lat, 95):.0f} | "
+                        f"{examples / max(calls, 1):.1f} | {100 * model_seconds / row['wall']:.0f}% |")
     print("\n".join(rows))
-    single = statistics.median(results[(levels[0], "unbatched")][1])
+    single = statistics.median(results[(levels[0], "unbatched")]["lat"])
     for concurrency in levels:
         print(f"concurrency {concurrency}: batched / unbatched throughput = "
               f"{rps[(concurrency, 'batched')] / rps[(concurrency, 'unbatched')]:.2f}x; batched p95 / single-request "
               f"p50 (concurrency {levels[0]}, unbatched) = "
-              f"{percentile(results[(concurrency, 'batched')][1], 95) / single:.2f}x")
+              f"{percentile(results[(concurrency, 'batched')]['lat'], 95) / single:.2f}x")
 
 
 if __name__ == "__main__":

@@ -82,7 +82,8 @@ class MicroBatcher:
 
     @contextmanager
     def incoming(self):
-        """Wrap a request's work before `submit` so the worker knows it is worth waiting for."""
+        """Wrap a request's work before `submit` (not the submit itself) so the worker knows it is worth waiting
+        for."""
         self._incoming += 1
         try:
             yield

@@ -110,7 +110,7 @@ async def check(request: Request, service: Service = Depends(get_service)) -> Ch
             image = await _decode(service, data, filename)
         except ImageError as e:
             raise InputError("image", str(e)) from None
-        (future,) = _submit(service, [Job(image, premise, hypothesis, adapter)])
+    (future,) = _submit(service, [Job(image, premise, hypothesis, adapter)])  # outside: the worker must not wait
     try:
         scored = await asyncio.wrap_future(future)
     except VeloraError as e:
@@ -167,7 +167,7 @@ async def check_batch(request: Request, body: BatchJSON, service: Service = Depe
     results: list[ItemResult | None] = [None] * len(body.items)
     with service.batcher.incoming():
         jobs = await _batch_jobs(service, body.items, results)
-        futures = _submit(service, [job for _, job in jobs])
+    futures = _submit(service, [job for _, job in jobs])
     scored_all = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
     for (i, job), scored in zip(jobs, scored_all):
         if isinstance(scored, VeloraError):
