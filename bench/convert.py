@@ -84,7 +84,8 @@ def main() -> None:
         print("| processes | check only: s | check rows/s | convert: s | convert rows/s | convert speed-up |")
         print("|---:|---:|---:|---:|---:|---:|")
         for procs, check_s, total_s in results:
-            print(f"| {procs} | {check_s:.1f} | {args.rows / check_s:,.0f} | {total_s:.1f} | {args.rows / total_s:,.0f} "
+            print(f"| {procs} | {check_s:.1f} | {args.rows / check_s:,.0f} | {total_s:.1f} "
+                  f"| {args.rows / total_s:,.0f} "
                   f"| {base_total / total_s:.2f}x |")
         print(f"\ncheck-only speed-up: " + ", ".join(f"{p} procs {base_check / c:.2f}x" for p, c, _ in results))
 

@@ -222,7 +222,8 @@ def test_corpus_output_format(corpus):
 
     # original bytes embedded for the formats datasets decodes
     shoes = raw[by_row[lines["label_yes"]]]["image"]
-    assert shoes["bytes"] == (img / "shoes.jpg").read_bytes() and shoes["path"] == "shoes.jpg"  # datasets keeps the name
+    assert shoes["bytes"] == (img / "shoes.jpg").read_bytes()
+    assert shoes["path"] == "shoes.jpg"  # save_to_disk keeps the file name only
     assert raw[by_row[lines["deep"]]]["image"]["bytes"] == (img / "deep.png").read_bytes()
     assert raw[by_row[lines["anim"]]]["image"]["bytes"] == (img / "anim.gif").read_bytes()
     # TGA is not in KEEP_FORMATS: re-encoded as PNG, same pixels
@@ -371,6 +372,13 @@ def test_guide_layout_paths_found_from_working_directory(tmp_path, monkeypatch):
     # an explicit --image_root is the only place looked at
     report = validate("data/my_ve_data.csv", image_root=tmp_path / "data")
     assert [d.code for d in report.dropped] == ["image_not_found"]
+
+
+def test_file_name_spaces_are_kept_but_trimmed(tmp_path):
+    F.jpeg(tmp_path / "my  photo\t1.jpg")
+    path = F.write_csv(tmp_path / "d.csv", [[" my  photo\t1.jpg ", "A  photo\n of a cup", "A cup", "yes"]])
+    ds = load_records(path)
+    assert list(ds["premise"]) == ["A photo of a cup"] and len(ds) == 1
 
 
 def test_resolve_image_path_messages(tmp_path):

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from velora.data_quality import QualityWarning, grouped_stratified_split
+from velora.data_quality import QualityWarning, grouped_stratified_split, plural
 from velora.errors import VeloraError
 from velora.images import DEFAULT_MAX_PIXELS, load_image
 from velora.labels import LABELS
@@ -209,7 +209,8 @@ def convert(
         if not records:
             raise VeloraError(f"{input_path}: no usable rows ({report.dropped_rows} dropped{why}); "
                               f"every reason is in {failure}")
-        raise VeloraError(f"--strict: {report.dropped_rows} of {report.rows_read} rows would be dropped{why}; "
+        raise VeloraError(f"--strict: {report.dropped_rows} of {plural(report.rows_read, 'row')} would be dropped"
+                          f"{why}; "
                           f"every reason is in {failure}")
 
     train_idx, val_idx = grouped_stratified_split([r.label for r in records], [r.image_key for r in records],
@@ -219,7 +220,8 @@ def convert(
     if report.splits["validation"]["rows"] and report.splits["validation"]["rows"] < 20:
         report.warnings.append(QualityWarning(
             "small_validation",
-            f"the validation split has only {report.splits['validation']['rows']} rows; its metrics will be noisy",
+            f"the validation split has only {plural(report.splits['validation']['rows'], 'row')}; its metrics will be "
+            "noisy",
         ))
 
     from datasets import DatasetDict
@@ -264,7 +266,7 @@ def load_records_with_report(
     if not checked.records or (strict and report.dropped):
         first = report.dropped[0] if report.dropped else None
         why = f"; first: line {first.line}, {first.field}: {first.reason}" if first else ""
-        what = "no usable rows" if not checked.records else f"{report.dropped_rows} rows would be dropped"
+        what = "no usable rows" if not checked.records else f"{plural(report.dropped_rows, 'row')} would be dropped"
         raise VeloraError(f"{input_path}: {what}{why}; run `velora validate {input_path}` for every reason")
     with tempfile.TemporaryDirectory(prefix="velora-load-") as cache:
         dataset = build_dataset(checked.records, cache, max_pixels=max_pixels, keep_in_memory=True,

@@ -136,9 +136,16 @@ def has_cjk(text: str) -> bool:
     return bool(_CJK.search(text))
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """plural(1, "row") -> "1 row"; plural(3, "row") -> "3 rows"."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
 def _examples(lines: Sequence[int], limit: int = 5) -> str:
+    """'line 4' / 'lines 4, 9, 12 and 3 more'."""
     shown = ", ".join(str(n) for n in lines[:limit])
-    return shown + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
+    more = f" and {len(lines) - limit} more" if len(lines) > limit else ""
+    return f"{'line' if len(lines) == 1 else 'lines'} {shown}{more}"
 
 
 def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
@@ -168,7 +175,7 @@ def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
     if cjk:
         found.append(QualityWarning(
             "non_english_text",
-            f"{len(cjk)} rows contain Chinese/Japanese/Korean text (lines {_examples(cjk)}); OFA only understands "
+            f"{plural(len(cjk), 'row')} with Chinese/Japanese/Korean text ({_examples(cjk)}); OFA only understands "
             "English - translate premises and hypotheses to English first (e.g. with DeepL), as the guide advises",
             cjk,
         ))
@@ -177,7 +184,7 @@ def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
     if vague:
         found.append(QualityWarning(
             "vague_premise",
-            f"{len(vague)} premises ({len(vague) / n:.0%}) are very short or vague (lines {_examples(vague)}); "
+            f"{plural(len(vague), 'premise')} ({len(vague) / n:.0%}) very short or vague ({_examples(vague)}); "
             "describe what is visible - colour, position, count, material - rather than 'The object looks nice'",
             vague,
         ))
@@ -186,7 +193,7 @@ def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
     if empty:
         found.append(QualityWarning(
             "empty_premise",
-            f"{len(empty)} rows have no premise (lines {_examples(empty)}); they are kept and use the model's "
+            f"{plural(len(empty), 'row')} without a premise ({_examples(empty)}): kept, using the model's "
             "image-only prompt - fill the premise in if that was not intended",
             empty,
         ))
@@ -195,8 +202,8 @@ def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
     if same:
         found.append(QualityWarning(
             "hypothesis_equals_premise",
-            f"{len(same)} hypotheses just repeat their premise (lines {_examples(same)}); they teach the model "
-            "nothing about the image",
+            f"{plural(len(same), 'hypothesis', 'hypotheses')} repeating the premise ({_examples(same)}); "
+            "they teach the model nothing about the image",
             same,
         ))
 
@@ -208,12 +215,13 @@ def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
         lines = sorted(r.line for group in reused for r in group)
         example = reused[0]
         by_label = "; ".join(
-            f"{label} on line(s) {_examples([r.line for r in example if r.label == label], 3)}"
+            f"{label} on {_examples([r.line for r in example if r.label == label], 3)}"
             for label in LABELS if any(r.label == label for r in example)
         )
         found.append(QualityWarning(
             "hypothesis_across_labels",
-            f"{len(reused)} identical hypotheses are used with different labels (e.g. \"{example[0].hypothesis}\": "
+            f"{plural(len(reused), 'hypothesis', 'hypotheses')} used with different labels "
+            f"(e.g. \"{example[0].hypothesis}\": "
             f"{by_label}); that is right only if the images really differ - these rows are where labelling "
             "mistakes hide, check them",
             lines,

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
-from velora.data_quality import QualityWarning, RowIssue, find_conflicts, find_duplicates, quality_warnings
+from velora.data_quality import QualityWarning, RowIssue, find_conflicts, find_duplicates, plural, quality_warnings
 from velora.errors import VeloraError
 from velora.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from velora.labels import LABELS, normalize_label
@@ -241,7 +241,8 @@ def read_jsonl(path: Path) -> InputTable:
             continue
         if not isinstance(obj, dict):
             rows.append(RowIssue(number, "row", "not_an_object",
-                                 f"a line must be a JSON object with keys {', '.join(FIELDS)}, got {type(obj).__name__}",
+                                 f"a line must be a JSON object with keys {', '.join(FIELDS)}, "
+                                 f"got {type(obj).__name__}",
                                  value=_clip(line)))
             continue
         keys = list(obj)
@@ -312,7 +313,8 @@ def _text(raw: RawRow, name: str, issues: list[RowIssue]) -> str:
         issues.append(RowIssue(raw.line, name, "not_text", f"{name} must be text, got {type(value).__name__}",
                                value=_clip(value)))
         return ""
-    value = " ".join(value.split())
+    # sentences: whitespace runs (newlines, tabs) become one space; a file name is only trimmed
+    value = value.strip() if name == "image_path" else " ".join(value.split())
     if not value and name in REQUIRED_VALUES:
         issues.append(RowIssue(raw.line, name, "empty_field", f"{name} is empty"))
     return value
@@ -594,9 +596,9 @@ class ConversionReport:
 
     def summary(self, examples: int = 3) -> str:
         """The console summary: counts, the reasons rows were dropped (with a few lines each), warnings."""
-        out = [f"Read {self.rows_read:,} rows from {self.input_path} ({self.input_format})."]
+        out = [f"Read {plural(self.rows_read, 'row')} from {self.input_path} ({self.input_format})."]
         labels = "  ".join(f"{label} {self.labels.get(label, 0):,}" for label in LABELS)
-        out.append(f"Kept {self.kept:,} rows, {self.images:,} distinct images: {labels}")
+        out.append(f"Kept {plural(self.kept, 'row')}, {plural(self.images, 'distinct image')}: {labels}")
         if self.splits:
             width = max(len(name) for name in self.splits)
             for name, split in self.splits.items():
@@ -606,7 +608,7 @@ class ConversionReport:
             if not issues:
                 continue
             rows = len({issue.line for issue in issues})
-            out.append(f"{title}: {rows:,} rows")
+            out.append(f"{title}: {plural(rows, 'row')}")
             for code, count in Counter(issue.code for issue in issues).most_common():
                 out.append(f"  {count:>6,}  {CODE_TEXT.get(code, code)}")
                 for issue in [i for i in issues if i.code == code][:examples]:
