@@ -441,3 +441,29 @@ def export_onnx_command(model_path, base_model, output, quantize, eval_file, spl
                          split=split, image_size=image_size, opset=opset, batch_size=batch_size,
                          overwrite=overwrite, progress=True)
     click.echo(result.summary())
+
+
+@cli.command("train", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                        "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def train_command(args):
+    """LoRA fine-tuning with the guide's flags plus any transformers TrainingArguments flag.
+
+    \b
+    Examples:
+      velora train --model_name_or_path iic/ofa_visual-entailment_snli-ve_large_en \\
+          --dataset_name ./data/hf_dataset --output_dir ./lora_finetuned \\
+          --per_device_train_batch_size 4 --num_train_epochs 3 --save_steps 100 --logging_steps 20
+      velora train --config configs/lora_config.json --num_train_epochs 5
+      velora train --train_file data/my_ve_data.csv --output_dir ./lora_finetuned --learning_rate auto
+      velora train ... --resume_from_checkpoint auto      # after an interruption
+      torchrun --nproc_per_node 2 -m velora train ...     # data-parallel (gloo on CPU)
+    """
+    if any(a in ("-h", "--help") for a in args):
+        from velora.train_args import help_text
+
+        click.echo(train_command.__doc__.replace("\b\n", "").strip() + "\n\n" + help_text())
+        return
+    from velora.train import main
+
+    main(list(args))

@@ -97,6 +97,9 @@ class OFAConfig:
         values = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
         return {"model_type": "ofa", **self.extra, **values}
 
+    def to_json_string(self) -> str:  # the TensorBoard callback logs the model config with this
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
     def save(self, directory: str | Path) -> None:
         path = Path(directory) / "config.json"
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -563,8 +563,23 @@ class OFAModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, patch_images: torch.Tensor | None = None,
                 patch_masks: torch.Tensor | None = None, decoder_input_ids: torch.Tensor | None = None,
-                image_features: torch.Tensor | None = None) -> OFAOutput:
+                image_features: torch.Tensor | None = None, answer_positions: torch.Tensor | None = None,
+                answer_ids: torch.Tensor | None = None) -> OFAOutput:
+        """Reference behaviour: logits (B, T, vocab) for every decoder position. Given `answer_positions` and
+        `answer_ids`, only the answers are scored: logits (B, K) (the training path, through DDP/PEFT wrappers)."""
         assert decoder_input_ids is not None, "decoder_input_ids is required (the VE prompt without its final eos)"
         encoder_out = self.encode(input_ids, patch_images, patch_masks, image_features)
-        logits = self.forward_head(self.decode(decoder_input_ids, encoder_out))
+        hidden = self.decode(decoder_input_ids, encoder_out)
+        if answer_positions is not None and answer_ids is not None:
+            logits = self.answer_logits(hidden, answer_positions, answer_ids)
+        else:
+            logits = self.forward_head(hidden)
         return OFAOutput(logits=logits, encoder_last_hidden_state=encoder_out.last_hidden_state)
+
+    def train(self, mode: bool = True) -> "OFAModel":
+        """BatchNorm stays in eval mode: its running statistics are part of the base model, not of an adapter."""
+        super().train(mode)
+        for module in self.encoder.embed_images.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self

@@ -1,0 +1,309 @@
+"""`velora train`: LoRA fine-tuning of OFA visual entailment, a recipe to read top to bottom.
+
+    setup:  arguments -> base model (frozen, BatchNorm in eval) -> LoRA adapter -> data (+ ResNet features computed
+            once) -> collator -> metrics -> Trainer
+    train:  baseline evaluation at step 0 (the base model), evaluation every eval_steps, checkpoints every
+            save_steps (atomic: a cut-off save never looks complete), resumable after kill -9
+    save:   the best adapter by macro-F1 in PEFT layout, plus what `velora predict --model_path OUT` needs
+    report: metrics.json (baseline vs final), training_curve.png, trainer_state.json, TensorBoard events
+
+Loss: cross-entropy over the three answer logits (" yes", " no", " maybe") at the answer position, the official
+constrained loss; optional class weights for imbalanced data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from velora.errors import VeloraError
+from velora.hub import resolve_model_dir
+from velora.labels import LABELS
+from velora.ofa.checkpoint import load_pretrained
+from velora.ofa.preprocess import PreprocessConfig, answer_token_ids, load_tokenizer
+from velora.train_args import RunArguments, TrainArguments, parse_train_args
+from velora.train_data import ImageStore, VECollator, build_split
+from velora.train_report import (VeloraLogCallback, TrainerStateFileCallback, compute_eval_metrics,
+                                 plot_training_curve, write_json_atomic)
+
+COMPLETE_MARKER = "velora_checkpoint_complete.json"
+RUN_FILE = "velora_run.json"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trainer: the loss, and checkpoints that are either complete or visibly not
+
+
+class VETrainer(Trainer):
+    def __init__(self, *args, class_weights: torch.Tensor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.class_weights = class_weights
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        logits = model(**inputs).logits  # (B, 3): entailment, contradiction, neutral
+        weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
+        loss = F.cross_entropy(logits.float(), labels, weight=weight)
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = Path(self._get_output_dir(trial=trial))
+        checkpoint = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # rotate only once this checkpoint is complete
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            _sync_tree(checkpoint)
+            write_json_atomic(checkpoint / COMPLETE_MARKER, {"global_step": self.state.global_step})
+            rotate_checkpoints(str(run_dir), limit, self.state.best_model_checkpoint)
+
+
+def _sync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()]
+    return sorted((p for p in found if (p / COMPLETE_MARKER).exists()), key=lambda p: int(p.name.split("-")[-1]))
+
+
+def resolve_resume(output_dir: Path, resume: str | None) -> str | None:
+    """`auto`: the newest complete checkpoint (None if there is none); a path must be complete. Checkpoints cut off
+    by a kill are removed, so nothing can mistake them for complete ones."""
+    if not resume:
+        return None
+    complete = complete_checkpoints(output_dir) if output_dir.exists() else []
+    for partial in set(output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")) - set(complete) if output_dir.exists() else ():
+        print(f"Removing {partial}: its save was cut off before completing")
+        shutil.rmtree(partial, ignore_errors=True)
+    if resume == "auto":
+        return str(complete[-1]) if complete else None
+    path = Path(resume)
+    if not (path / COMPLETE_MARKER).exists():
+        later = f"; complete ones: {', '.join(p.name for p in complete)}" if complete else ""
+        raise VeloraError(f"--resume_from_checkpoint {resume}: not a complete checkpoint{later}")
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Setup, in dependency order
+
+
+def check_output_dir(output_dir: Path, run: RunArguments, resuming: bool) -> None:
+    holds_run = output_dir.exists() and any(
+        (output_dir / name).exists() for name in ("adapter_config.json", RUN_FILE)) or any(
+        output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
+    if holds_run and not resuming and not run.overwrite_output_dir:
+        raise VeloraError(f"--output_dir {output_dir} already holds a training run; pass --overwrite_output_dir to "
+                          "replace it, or --resume_from_checkpoint auto to continue it")
+    if holds_run and run.overwrite_output_dir and not resuming:
+        shutil.rmtree(output_dir)
+
+
+def load_base(model_path: str, lora) -> tuple:
+    """The frozen base model with a fresh LoRA adapter on it."""
+    from peft import LoraConfig, get_peft_model
+
+    model_dir = resolve_model_dir(model_path)
+    if (model_dir / "adapter_config.json").exists():
+        raise VeloraError(f"{model_path} is a LoRA adapter; train from its base model (or merge it first with "
+                          "`velora merge`)")
+    model = load_pretrained(model_dir)
+    targets = [t.strip() for t in lora.lora_target_modules.split(",") if t.strip()]
+    config = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                        target_modules=targets, bias="none")
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as e:
+        raise VeloraError(f"--lora_target_modules {lora.lora_target_modules}: {e}") from None
+    peft_model.peft_config["default"].base_model_name_or_path = base_reference(model_path, model_dir)
+    return model_dir, model, peft_model
+
+
+def base_reference(model_path: str, model_dir: Path) -> str:
+    """How the adapter names its base: the hub id as given, else the absolute directory."""
+    return model_path if not Path(model_path).expanduser().exists() else str(model_dir.resolve())
+
+
+def load_data(args: TrainArguments, output_dir: Path):
+    """The converted dataset: --dataset_name DIR, or --train_file converted now into OUTPUT/dataset."""
+    from datasets import DatasetDict, load_from_disk
+
+    data = args.data
+    if data.train_file:
+        from velora.convert import convert
+
+        target = output_dir / "dataset"
+        if not target.exists():
+            print(f"Converting {data.train_file} -> {target}")
+            report = convert(data.train_file, target, image_root=data.image_root, val_ratio=data.val_ratio,
+                             seed=args.training.seed, progress=True)
+            print(report.summary() if hasattr(report, "summary") else "")
+        path = target
+    elif data.dataset_name:
+        path = Path(data.dataset_name)
+    else:
+        raise VeloraError("no training data: pass --dataset_name DIR (made by `velora convert`) or --train_file CSV")
+    if not (path / "dataset_dict.json").exists():
+        raise VeloraError(f"{path}: not a dataset made by `velora convert` (no dataset_dict.json); run "
+                          f"`velora convert --csv_path data.csv --output_dir {path}` first")
+    dataset = load_from_disk(str(path))
+    if not isinstance(dataset, DatasetDict) or "train" not in dataset:
+        raise VeloraError(f"{path}: expected train and validation splits (made by `velora convert`)")
+    if len(dataset["train"]) == 0:
+        raise VeloraError(f"{path}: the train split is empty")
+    return dataset
+
+
+def class_weights(choice: str, labels: list[int]) -> torch.Tensor | None:
+    """none | balanced (inverse frequency, sklearn's formula) | three comma-separated weights."""
+    if choice in ("", "none"):
+        return None
+    if choice == "balanced":
+        counts = torch.bincount(torch.tensor(labels), minlength=len(LABELS)).float()
+        return torch.where(counts > 0, len(labels) / (len(LABELS) * counts.clamp(min=1)), torch.zeros(1))
+    try:
+        weights = [float(w) for w in choice.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != len(LABELS) or min(weights, default=-1) < 0:
+        raise VeloraError(f"--class_weights {choice!r}: use none, balanced, or three weights like 1,1,2 "
+                          f"({', '.join(LABELS)})")
+    return torch.tensor(weights)
+
+
+def feature_cache_allowed(peft_model) -> bool:
+    """Cached ResNet features are valid only while nothing in the ResNet trains."""
+    return not any(p.requires_grad for n, p in peft_model.named_parameters() if ".embed_images." in n)
+
+
+def trainable_summary(peft_model) -> str:
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+    return f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The recipe
+
+
+def train(args: TrainArguments) -> dict:
+    """Run the whole recipe; returns the metrics written to OUTPUT/metrics.json."""
+    output_dir = Path(args.training.output_dir)
+    resume = resolve_resume(output_dir, args.training.resume_from_checkpoint)
+    check_output_dir(output_dir, args.run, resuming=resume is not None)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(output_dir / "runs"))
+
+    model_dir, model, peft_model = load_base(args.model.model_name_or_path, args.lora)
+    print(trainable_summary(peft_model))
+    tokenizer = load_tokenizer(model_dir)
+    preprocess = PreprocessConfig.from_model_dir(model_dir, image_size=args.model.image_size)
+
+    dataset = load_data(args, output_dir)
+    store, index = ImageStore(preprocess, []), {}
+    train_set = build_split(dataset["train"], "train", tokenizer, preprocess, store, index)
+    eval_set = build_split(dataset["validation"], "validation", tokenizer, preprocess, store, index) \
+        if "validation" in dataset and len(dataset["validation"]) else None
+    if args.data.cache_image_features and feature_cache_allowed(peft_model):
+        store.cache_features(model, args.training.device)
+    collator = VECollator(store, torch.tensor(answer_token_ids(tokenizer)))
+    args.training.eval_on_start = eval_set is not None and resume is None  # the base model's baseline at step 0
+    if eval_set is None:
+        print("No validation split: training without evaluation; the last checkpoint is the result")
+        args.training.eval_strategy = "no"
+        args.training.load_best_model_at_end = False
+
+    save_run_file(output_dir, args, model_dir)
+    trainer = VETrainer(model=peft_model, args=args.training, train_dataset=train_set, eval_dataset=eval_set,
+                        data_collator=collator, compute_metrics=compute_eval_metrics,
+                        class_weights=class_weights(args.data.class_weights, train_set.labels),
+                        callbacks=[TrainerStateFileCallback(output_dir)])
+    VeloraLogCallback.install(trainer)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except torch.OutOfMemoryError:
+        raise VeloraError("out of memory: lower --per_device_train_batch_size (and raise "
+                          "--gradient_accumulation_steps to keep the effective batch), add --gradient_checkpointing, "
+                          "or lower --image_size") from None
+
+    if trainer.is_world_process_zero():
+        return save_outputs(trainer, output_dir, model_dir, preprocess, args)
+    return {}
+
+
+def save_run_file(output_dir: Path, args: TrainArguments, model_dir: Path) -> None:
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    write_json_atomic(output_dir / RUN_FILE, {
+        "base_model": base_reference(args.model.model_name_or_path, model_dir),
+        "model": asdict(args.model), "data": asdict(args.data), "lora": asdict(args.lora),
+        "training": {k: v for k, v in args.training.to_dict().items() if not k.startswith("_")},
+    })
+
+
+def save_outputs(trainer: VETrainer, output_dir: Path, model_dir: Path, preprocess: PreprocessConfig,
+                 args: TrainArguments) -> dict:
+    """The best adapter (PEFT layout) + tokenizer + preprocessing, then metrics.json and the training curve."""
+    trainer.save_model(str(output_dir))  # adapter_config.json + adapter_model.safetensors of the loaded best model
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(model_dir / name, output_dir / name)
+    preprocess.save(output_dir)
+    history = trainer.state.log_history
+    evals = [h for h in history if "eval_accuracy" in h]
+    baseline = next((h for h in evals if h.get("step", 0) == 0), None)
+    best_step = _step_of(trainer.state.best_model_checkpoint)
+    final = next((h for h in evals if h.get("step") == best_step), evals[-1] if evals else None)
+    metrics = {
+        "base_model": str(model_dir),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "baseline": _eval_summary(baseline),
+        "final": _eval_summary(final),
+        "gain": {k: final[f"eval_{k}"] - baseline[f"eval_{k}"] for k in ("accuracy", "macro_f1")}
+        if baseline and final else None,
+        "train_steps": trainer.state.global_step,
+    }
+    write_json_atomic(output_dir / "metrics.json", metrics)
+    plot_training_curve(history, output_dir / "training_curve.png")
+    if baseline and final:
+        print(f"Validation accuracy: base {baseline['eval_accuracy']:.1%} -> tuned {final['eval_accuracy']:.1%} "
+              f"({100 * metrics['gain']['accuracy']:+.1f} points); macro-F1 {baseline['eval_macro_f1']:.3f} -> "
+              f"{final['eval_macro_f1']:.3f}")
+    print(f"Adapter saved to {output_dir} (try: velora predict --model_path {output_dir} --image IMG "
+          "--premise ... --hypothesis ...)")
+    return metrics
+
+
+def _step_of(checkpoint: str | None) -> int | None:
+    return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None
+
+
+def _eval_summary(entry: dict | None) -> dict | None:
+    if entry is None:
+        return None
+    return {"step": entry.get("step"), **{k[5:]: v for k, v in entry.items()
+                                          if k.startswith("eval_") and isinstance(v, (int, float))
+                                          and not math.isnan(v) and not k.endswith(_TIMINGS)}}
+
+
+_TIMINGS = ("runtime", "samples_per_second", "steps_per_second")
+
+
+def main(argv: list[str]) -> dict:
+    """Entry point of `velora train ARGS...`."""
+    return train(parse_train_args(argv))
