@@ -1,0 +1,117 @@
+"""Inference speed of `Predictor.predict_batch` vs the reference OFA implementation, on the same random weights
+of an OFA-base-size model (d 768, 6+6 layers, 12 heads, resnet101, 480 px), CPU fp32, plus int8.
+
+    python bench/inference.py [--examples 8] [--repeats 3] [--skip-reference]
+
+Prints the machine's fp32 matmul peak measured in the same run, the FLOPs of one sample (counted with
+torch.utils.flop_counter), achieved GFLOP/s and the share of peak, and the probabilities' max difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from common import REPO, best_time, markdown_table, matmul_peak_gflops, reference_checkpoint, run_reference
+from velora.ofa.preprocess import collate_prompts, encode_prompt, image_to_tensor
+from velora.predictor import Predictor
+
+PAIRS = [
+    ("a man in a red shirt rides a bike down the street.", "a person is outdoors."),
+    ("two dogs play in the snow", "the animals are sleeping inside a warm house near the fire place"),
+    ("a woman holds an umbrella.", "it is raining."),
+    ("a stainless steel coffee maker on a kitchen counter", "this appliance brews hot beverages"),
+]
+
+
+def make_examples(n: int, distinct_images: int | None = None):
+    rng = np.random.default_rng(0)
+    pool = [Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)) for _ in range(distinct_images or n)]
+    images = [pool[i % len(pool)] for i in range(n)]
+    premises = [PAIRS[i % len(PAIRS)][0] for i in range(n)]
+    hypotheses = [PAIRS[i % len(PAIRS)][1] for i in range(n)]
+    return images, premises, hypotheses
+
+
+def count_flops(predictor: Predictor, example) -> float:
+    with FlopCounterMode(display=False) as counter:
+        predictor.probabilities(*example)
+    return counter.get_total_flops()
+
+
+def prepared_tensors(predictor: Predictor, images, premises, hypotheses, path: Path) -> Path:
+    """The exact tensors velora scores, for the reference to score too."""
+    prompts = [encode_prompt(predictor.tokenizer, h, p, predictor.preprocess) for p, h in zip(premises, hypotheses)]
+    text = collate_prompts(prompts)
+    pixels = torch.stack([image_to_tensor(im, predictor.preprocess) for im in images])
+    torch.save({"input_ids": text.input_ids, "decoder_input_ids": text.decoder_input_ids,
+                "answer_positions": text.answer_positions, "patch_images": pixels,
+                "answer_ids": predictor.answer_ids.tolist()}, path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-reference", action="store_true")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    peak = matmul_peak_gflops()
+    model_dir = reference_checkpoint()
+    predictor = Predictor.from_pretrained(model_dir, device="cpu", dtype="float32")
+    example = make_examples(args.examples)
+    flops_per_sample = count_flops(predictor, make_examples(1))
+    shared_image = make_examples(args.examples, distinct_images=1)
+
+    rows, speeds = [], {}
+
+    def add_row(name: str, seconds: float, probs_diff: float | None, flops: float = flops_per_sample):
+        per_second = args.examples / seconds
+        achieved = flops * per_second / 1e9
+        speeds[name] = per_second
+        rows.append([name, f"{per_second:.3f}", f"{seconds / args.examples:.3f}", f"{achieved:.1f}",
+                     f"{100 * achieved / peak:.0f}%", "-" if probs_diff is None else f"{probs_diff:.1e}"])
+
+    velora_probs = predictor.probabilities(*example)
+    reference = None
+    if not args.skip_reference:
+        with tempfile.TemporaryDirectory() as tmp:
+            tensors = prepared_tensors(predictor, *example, Path(tmp) / "inputs.pt")
+            reference = run_reference(REPO / "bench" / "reference_inference.py",
+                                      {"model_dir": str(model_dir), "inputs": str(tensors), "batch_sizes": [1, 4],
+                                       "repeats": args.repeats})
+        reference_probs = torch.tensor(reference["probs"])
+        for batch_size, seconds in reference["seconds"].items():
+            add_row(f"reference batch {batch_size}", seconds, 0.0)
+    diff = float((velora_probs - reference_probs).abs().max()) if reference else None
+    for batch_size in (1, 4):
+        seconds = best_time(lambda: predictor.probabilities(*example, batch_size=batch_size), args.repeats)
+        add_row(f"velora fp32 batch {batch_size}", seconds, diff)
+    seconds = best_time(lambda: predictor.probabilities(*shared_image, batch_size=4), args.repeats)
+    add_row("velora fp32 batch 4, one image x 4 hypotheses", seconds, None, count_flops(predictor, shared_image)
+            / args.examples)
+
+    int8 = Predictor.from_pretrained(model_dir, device="cpu", quantize="int8")
+    int8_diff = float((int8.probabilities(*example) - velora_probs).abs().max())
+    seconds = best_time(lambda: int8.probabilities(*example, batch_size=4), args.repeats)
+    add_row("velora int8 dynamic batch 4", seconds, int8_diff)
+
+    print(f"machine: {torch.get_num_threads()} threads, fp32 matmul peak {peak:.1f} GFLOP/s (2048^3, measured now)")
+    print(f"FLOPs per sample (one image, one prompt of ~{example[0] and 30} tokens): {flops_per_sample / 1e9:.1f} GFLOP")
+    print(markdown_table(["run", "samples/s", "s/sample", "GFLOP/s", "% of peak", "max |Δp| vs reference"], rows))
+    if reference:
+        best_ref = max(v for k, v in speeds.items() if k.startswith("reference"))
+        print(f"velora fp32 batch 4 / best reference: {speeds['velora fp32 batch 4'] / best_ref:.2f}x; "
+              f"int8 / fp32: {speeds['velora int8 dynamic batch 4'] / speeds['velora fp32 batch 4']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
