@@ -646,3 +646,15 @@ def test_cli_validate_exit_codes(tmp_path, small_csv):
                                      str(tmp_path / "r.json")])
     assert dirty.exit_code == 1 and "line 8, hypothesis: hypothesis is empty" in dirty.output
     assert not (tmp_path / "data" / "hf_dataset").exists()
+
+
+def test_cli_max_pixels_and_image_root(tmp_path, small_csv):
+    result = CliRunner().invoke(cli, ["validate", str(small_csv), "--max_pixels", "100"])
+    assert result.exit_code == 1 and "6 rows" in result.output and "image over the pixel limit" in result.output
+    assert "384 pixels exceeds the limit of 100" in result.output  # the 24x16 test images
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(small_csv.parent / "images"), str(moved / "images"))
+    result = CliRunner().invoke(cli, ["validate", str(small_csv)])
+    assert result.exit_code == 1 and "image file not found" in result.output
+    result = CliRunner().invoke(cli, ["validate", str(small_csv), "--image-root", str(moved)])
+    assert result.exit_code == 0, result.output

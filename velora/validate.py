@@ -603,7 +603,8 @@ class ConversionReport:
             width = max(len(name) for name in self.splits)
             for name, split in self.splits.items():
                 counts = "  ".join(f"{label} {split['labels'].get(label, 0):,}" for label in LABELS)
-                out.append(f"  {name:<{width}}  {split['rows']:>7,} rows  {split['images']:>6,} images   {counts}")
+                out.append(f"  {name:<{width}}  {plural(split['rows'], 'row'):>12}  "
+                           f"{plural(split['images'], 'image'):>13}   {counts}")
         for title, issues in (("Dropped", self.dropped), ("Flagged (kept)", self.flagged)):
             if not issues:
                 continue
