@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer
+from transformers import Trainer, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from velora.errors import VeloraError
@@ -208,8 +208,9 @@ def train(args: TrainArguments) -> dict:
     resume = resolve_resume(output_dir, args.training.resume_from_checkpoint)
     check_output_dir(output_dir, args.run, resuming=resume is not None)
     output_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(output_dir / "runs"))
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "runs")
 
+    set_seed(args.training.seed)  # the LoRA initialisation too
     model_dir, model, peft_model = load_base(args.model.model_name_or_path, args.lora)
     print(trainable_summary(peft_model))
     tokenizer = load_tokenizer(model_dir)

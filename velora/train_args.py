@@ -176,6 +176,8 @@ def parse_train_args(argv: list[str]) -> TrainArguments:
     given = _given(merged)
     if "eval_steps" not in given:  # evaluate where checkpoints are saved, so the best one can be kept
         merged += ["--eval_steps", given.get("save_steps", "100")]
+    if "use_cpu" not in given and not torch.cuda.is_available():  # makes torchrun on CPU data-parallel (gloo)
+        merged += ["--use_cpu", "true"]
     parser = HfArgumentParser(PARSER_CLASSES)
     try:
         model, data, lora, run, training = parser.parse_args_into_dataclasses(args=merged)

@@ -1,0 +1,236 @@
+"""`velora train` on a tiny random OFA and a small colour dataset: it learns, writes what predict needs, resumes
+after kill -9 to the same result, reads configs, and runs data-parallel."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from conftest import REPO, write_tiny_model
+from train_helpers import colour_csv, colour_dataset
+from velora.cli import cli
+from velora.errors import VeloraError
+from velora.train import COMPLETE_MARKER, main, resolve_resume
+from velora.train_args import parse_train_args
+
+VELORA = [sys.executable, "-m", "velora"]
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    """Tiny OFA without dropout, so runs are deterministic across processes and resumptions."""
+    return write_tiny_model(tmp_path_factory.mktemp("base") / "model", dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return colour_dataset(tmp_path_factory.mktemp("data"))
+
+
+def train_args(base_model: Path, dataset: Path, output: Path, *extra: str) -> list[str]:
+    return ["--model_name_or_path", str(base_model), "--dataset_name", str(dataset), "--output_dir", str(output),
+            "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--lora_dropout", "0",
+            "--logging_steps", "2", "--save_steps", "4", "--report_to", "none", "--seed", "7", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(base_model, dataset, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("run") / "lora_finetuned"
+    main(train_args(base_model, dataset, output, "--max_steps", "40", "--save_steps", "10"))
+    return output
+
+
+def test_training_reduces_loss(trained):
+    state = json.loads((trained / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert len(losses) == 20
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    eval_losses = [h["eval_loss"] for h in state["log_history"] if "eval_loss" in h]
+    assert eval_losses[-1] < 0.8 * eval_losses[0]  # held-out loss falls too (step 0 = the base model)
+
+
+def test_outputs_exist_and_load_with_peft(trained, base_model):
+    from peft import PeftModel
+
+    from velora.ofa.checkpoint import load_pretrained
+
+    expected = {"adapter_config.json", "adapter_model.safetensors", "vocab.json", "merges.txt", "configuration.json",
+                "metrics.json", "training_curve.png", "trainer_state.json", "velora_run.json"}
+    assert expected <= {p.name for p in trained.iterdir()}
+    assert (trained / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    config = json.loads((trained / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(base_model.resolve())
+    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"] and config["r"] == 8
+    weights = load_file(trained / "adapter_model.safetensors")
+    assert weights and all("lora_" in k for k in weights)
+    model = PeftModel.from_pretrained(load_pretrained(base_model), str(trained))
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_metrics_compare_baseline_and_best(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["baseline"]["step"] == 0
+    assert metrics["final"]["step"] == int(metrics["best_checkpoint"].rsplit("-", 1)[1])
+    assert metrics["gain"]["accuracy"] == pytest.approx(metrics["final"]["accuracy"] - metrics["baseline"]["accuracy"])
+    state = json.loads((trained / "trainer_state.json").read_text())
+    best = max(h["eval_macro_f1"] for h in state["log_history"] if "eval_macro_f1" in h and h["step"] > 0)
+    assert metrics["final"]["macro_f1"] == pytest.approx(best)
+
+
+def test_predict_on_the_output_needs_nothing_else(trained, dataset):
+    image = next(Path(dataset).parent.glob("raw/square_0.png"))
+    result = CliRunner().invoke(cli, ["predict", "--model_path", str(trained), "--image", str(image),
+                                      "--premise", "a coloured square", "--hypothesis", "the square is red",
+                                      "--compare_base", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["probabilities"] != data["base"]["probabilities"]
+
+
+def test_guide_log_lines(base_model, dataset, tmp_path):
+    result = subprocess.run([*VELORA, "train", *train_args(base_model, dataset, tmp_path / "out", "--max_steps", "4",
+                                                           "--report_to", "tensorboard")],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert "Step 2/4 | Loss: " in output and "| LR: " in output and "| Epoch: " in output
+    assert "Step 0/4 | Accuracy (val): " in output and "(base model)" in output
+    assert "Trainable parameters: " in output
+    assert list((tmp_path / "out" / "runs").rglob("events.out.tfevents*"))
+
+
+def _adapter(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "adapter_model.safetensors")
+
+
+def test_resume_after_kill_9_equals_straight_run(base_model, dataset, tmp_path):
+    args = lambda out: train_args(base_model, dataset, out, "--max_steps", "14", "--save_steps", "2",  # noqa: E731
+                                  "--logging_steps", "1", "--save_total_limit", "2")
+    straight = tmp_path / "straight"
+    main(args(straight))
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*VELORA, "train", *args(killed)], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-6" / COMPLETE_MARKER).exists():
+        assert process.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "adapter_config.json").exists()
+
+    main(args(killed) + ["--resume_from_checkpoint", "auto"])
+    expected, actual = _adapter(straight), _adapter(killed)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=1e-6)
+    final = lambda out: json.loads((out / "metrics.json").read_text())["final"]  # noqa: E731
+    assert final(killed)["accuracy"] == final(straight)["accuracy"]
+    assert final(killed)["loss"] == pytest.approx(final(straight)["loss"], rel=1e-4)
+
+
+def test_cut_off_checkpoint_never_looks_complete(tmp_path):
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"x")
+    (tmp_path / "checkpoint-2" / COMPLETE_MARKER).write_text("{}")
+    assert resolve_resume(tmp_path, "auto") == str(tmp_path / "checkpoint-2")
+    assert not (tmp_path / "checkpoint-4").exists()
+    (tmp_path / "checkpoint-6").mkdir()
+    with pytest.raises(VeloraError, match="not a complete checkpoint"):
+        resolve_resume(tmp_path, str(tmp_path / "checkpoint-6"))
+    assert resolve_resume(tmp_path / "fresh", "auto") is None
+
+
+def test_config_file_with_flag_override(tmp_path, capsys):
+    config = tmp_path / "lora_config.json"
+    config.write_text(json.dumps({"_comment": "the guide's keys", "train_file": "my.csv", "num_train_epochs": 3,
+                                  "per_device_train_batch_size": 2, "r": 4, "lora_alpha": 8, "lora_dropout": 0.05,
+                                  "target_modules": ["q_proj", "v_proj"]}))
+    (tmp_path / "my.csv").write_text("image_path,premise,hypothesis,label\n")
+    args = parse_train_args(["--config", str(config), "--num_train_epochs", "5", "--output_dir", str(tmp_path / "o"),
+                             "--learning_rate", "auto"])
+    assert args.training.num_train_epochs == 5
+    assert "--num_train_epochs 5 overrides the config's 3" in capsys.readouterr().out
+    assert (args.lora.lora_r, args.lora.lora_alpha, args.lora.lora_dropout) == (4, 8, 0.05)
+    assert args.lora.lora_target_modules == "q_proj,v_proj"
+    assert args.data.train_file == str(tmp_path / "my.csv")
+    assert args.training.learning_rate == pytest.approx(1e-4)  # the guide: 1e-4 at batch 2
+    assert args.training.eval_steps == args.training.save_steps == 100
+
+
+def test_shipped_config_parses():
+    args = parse_train_args(["--config", str(REPO / "configs" / "lora_config.json"), "--output_dir", "/tmp/x"])
+    assert args.lora.lora_r == 8 and args.lora.lora_alpha == 16 and args.lora.lora_dropout == 0.1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--save_steps", "5", "--eval_steps", "2"], "round multiple of the evaluation steps"),
+    (["--class_weights", "1,2"], "--class_weights '1,2'"),
+    (["--lora_target_modules", "nope_proj"], "--lora_target_modules nope_proj"),
+])
+def test_bad_arguments_are_explained(extra, message, base_model, dataset, tmp_path):
+    with pytest.raises(VeloraError, match=message):
+        main(train_args(base_model, dataset, tmp_path / "o", "--max_steps", "2", *extra))
+
+
+def test_data_errors(base_model, dataset, tmp_path):
+    not_converted = tmp_path / "raw_folder"
+    not_converted.mkdir()
+    with pytest.raises(VeloraError, match="not a dataset made by `velora convert`"):
+        main(train_args(base_model, not_converted, tmp_path / "o1", "--max_steps", "2"))
+
+    from datasets import ClassLabel, load_from_disk
+
+    relabelled = load_from_disk(str(dataset))
+    relabelled = relabelled.cast_column("label", ClassLabel(names=["yes", "no", "unsure"]))
+    relabelled.save_to_disk(str(tmp_path / "relabelled"))
+    with pytest.raises(VeloraError, match="label set .* does not match"):
+        main(train_args(base_model, tmp_path / "relabelled", tmp_path / "o2", "--max_steps", "2"))
+
+
+def test_output_dir_holding_another_run_is_refused(trained, base_model, dataset, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+    with pytest.raises(VeloraError, match="already holds a training run"):
+        main(train_args(base_model, dataset, other, "--max_steps", "2"))
+    main(train_args(base_model, dataset, other, "--max_steps", "2", "--overwrite_output_dir"))
+    assert json.loads((other / "metrics.json").read_text())["train_steps"] == 2
+
+
+def test_train_file_is_converted_on_the_fly(base_model, tmp_path):
+    csv_path = colour_csv(tmp_path / "data", n_images=6)
+    output = tmp_path / "out"
+    main(["--model_name_or_path", str(base_model), "--train_file", str(csv_path), "--output_dir", str(output),
+          "--max_steps", "2", "--report_to", "none", "--save_steps", "2"])
+    assert (output / "dataset" / "dataset_dict.json").exists()
+    assert (output / "adapter_model.safetensors").exists()
+
+
+def test_ddp_two_processes_match_one(base_model, dataset, tmp_path):
+    # sequential sampling: the 2 ranks' batches of 2 are then exactly the single process's batches of 4
+    common = ["--max_steps", "6", "--save_steps", "6", "--per_device_eval_batch_size", "4",
+              "--train_sampling_strategy", "sequential"]
+    one = tmp_path / "one"
+    main(train_args(base_model, dataset, one, *common))
+    two = tmp_path / "two"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "velora", "train",
+                             *train_args(base_model, dataset, two, *common), "--per_device_train_batch_size", "2"],
+                            cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, actual = _adapter(one), _adapter(two)
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-3, atol=1e-5)
