@@ -5,7 +5,8 @@
 Writes the images and CSV to a temporary folder (or --workdir, kept), then times, for each process count, the
 checking stage alone (`check_input`: parse, resolve, decode every image, hash) and the whole `convert` (checks +
 split + embedding the bytes + save_to_disk). The files are in the page cache (just written), so this measures
-CPU, not the disk. Prints a Markdown table.
+CPU, not the disk. Also measures how much parallel CPU the machine gives right now (pure-CPU tasks in N processes
+vs 1), since a busy machine hides any speed-up. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -25,6 +26,32 @@ from velora.convert import convert
 from velora.validate import check_input
 
 LABELS = ("entailment", "contradiction", "neutral")
+
+
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def cpu_capacity(procs: int, n: int = 5_000_000) -> float:
+    """How much faster `procs` processes finish `procs` equal pure-CPU tasks than one process does, right now:
+    ~procs on an idle machine, less when other work holds the cores. Read the convert speed-up against it."""
+    import multiprocessing
+
+    from concurrent.futures import ProcessPoolExecutor
+
+    t = time.perf_counter()
+    for _ in range(procs):
+        _spin(n)
+    serial = time.perf_counter() - t
+    with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        list(pool.map(_spin, [1] * procs))  # start the workers
+        t = time.perf_counter()
+        list(pool.map(_spin, [n] * procs))
+        parallel = time.perf_counter() - t
+    return serial / parallel
 
 
 def make_corpus(folder: Path, rows: int, rows_per_image: int, size: int) -> Path:
@@ -66,6 +93,7 @@ def main() -> None:
         print(f"corpus: {args.rows:,} rows, {n_images:,} JPEGs {args.size}x{args.size} (~{mean_kb:.1f} KiB), "
               f"made in {time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs, Python {platform.python_version()}")
 
+        capacity = {p: cpu_capacity(p) for p in args.procs if p > 1}
         results = []
         for procs in args.procs:
             t = time.perf_counter()
@@ -87,7 +115,10 @@ def main() -> None:
             print(f"| {procs} | {check_s:.1f} | {args.rows / check_s:,.0f} | {total_s:.1f} "
                   f"| {args.rows / total_s:,.0f} "
                   f"| {base_total / total_s:.2f}x |")
-        print(f"\ncheck-only speed-up: " + ", ".join(f"{p} procs {base_check / c:.2f}x" for p, c, _ in results))
+        print("\ncheck-only speed-up: " + ", ".join(f"{p} procs {base_check / c:.2f}x" for p, c, _ in results))
+        print("CPU capacity measured in this run (pure-CPU tasks, N processes vs 1; an idle machine gives ~N): "
+              + ", ".join(f"{p} procs {c:.2f}x" for p, c in capacity.items()))
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
