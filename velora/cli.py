@@ -449,6 +449,8 @@ def export_onnx_command(model_path, base_model, output, quantize, eval_file, spl
 def train_command(args):
     """LoRA fine-tuning with the guide's flags plus any transformers TrainingArguments flag.
 
+    --config PATH reads a JSON file with the guide's keys (configs/lora_config.json); flags override it.
+
     \b
     Examples:
       velora train --model_name_or_path iic/ofa_visual-entailment_snli-ve_large_en \\
@@ -462,7 +464,9 @@ def train_command(args):
     if any(a in ("-h", "--help") for a in args):
         from velora.train_args import help_text
 
-        click.echo(train_command.__doc__.replace("\b\n", "").strip() + "\n\n" + help_text())
+        import inspect
+
+        click.echo(inspect.cleandoc(train_command.__doc__).replace("\b\n", "") + "\n\n" + help_text())
         return
     from velora.train import main
 

@@ -178,6 +178,8 @@ def parse_train_args(argv: list[str]) -> TrainArguments:
         merged += ["--eval_steps", given.get("save_steps", "100")]
     if "use_cpu" not in given and not torch.cuda.is_available():  # makes torchrun on CPU data-parallel (gloo)
         merged += ["--use_cpu", "true"]
+    if torch.cuda.is_available() and "bf16" not in given and "fp16" not in given:  # mixed precision on GPU
+        merged += ["--bf16" if torch.cuda.is_bf16_supported() else "--fp16", "true"]
     parser = HfArgumentParser(PARSER_CLASSES)
     try:
         model, data, lora, run, training = parser.parse_args_into_dataclasses(args=merged)
