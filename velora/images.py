@@ -90,7 +90,7 @@ def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
         pixels = pixels / 257.0
     elif img.mode == "F" and pixels.max(initial=0) <= 1.0:
         pixels = pixels * 255.0
-    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))  # uint8 2-D: mode "L"
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
