@@ -24,8 +24,8 @@ class BodyTooLarge(HTTPException):
 
 class RequestGuard:
     """Refuses a body over `max_body` bytes (413, JSON) before reading it when Content-Length says so, else as soon
-    as the streamed bytes pass it; then logs `client "METHOD path" status ms [what happened]` and counts the
-    request in the metrics."""
+    as the streamed bytes pass it; logs `client "METHOD path" status ms [what happened]` and counts the request in
+    the metrics as its answer starts."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int):
         self.app = app
@@ -37,13 +37,15 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500  # unless a response starts
+        recorded = False
         received = 0
 
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+        async def send_recorded(message: Message) -> None:
+            nonlocal recorded
+            if message["type"] == "http.response.start" and not recorded:
+                # logged and counted before the answer leaves, so a client that has it can also see its line
+                recorded = True
+                self._record(scope, message["status"], time.perf_counter() - start)
             await send(message)
 
         async def receive_limited() -> Message:
@@ -60,11 +62,12 @@ class RequestGuard:
             if length.isdigit() and int(length) > self.max_body:
                 error = BodyTooLarge(self.max_body)
                 response = JSONResponse({"detail": error.detail, "field": error.field}, status_code=413)
-                await response(scope, receive, send_status)
+                await response(scope, receive, send_recorded)
             else:
-                await self.app(scope, receive_limited, send_status)
+                await self.app(scope, receive_limited, send_recorded)
         finally:
-            self._record(scope, status, time.perf_counter() - start)
+            if not recorded:  # an exception with no answer yet: the server error handler outside answers 500
+                self._record(scope, 500, time.perf_counter() - start)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")
