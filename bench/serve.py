@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--requests", type=int, default=48, help="per round, at least 2x concurrency (4 rounds)")
     parser.add_argument("--max_wait_ms", type=float, default=10.0)
+    parser.add_argument("--max_batch_size", type=int, default=16, help="of the batched server")
     args = parser.parse_args()
 
     import torch
@@ -152,7 +153,7 @@ def main() -> None:
           f"{torch.__version__}, {torch.get_num_threads()} threads; server logs in {logs}", flush=True)
     servers = {}
     try:
-        for mode, size in (("batched", 16), ("unbatched", 1)):
+        for mode, size in (("batched", args.max_batch_size), ("unbatched", 1)):
             servers[mode] = start_server(model_dir, size, args.max_wait_ms, logs / f"{mode}.log")
         results: dict[tuple[int, str], dict] = {}
         for concurrency in args.concurrency:
@@ -173,10 +174,10 @@ def main() -> None:
         for process, _ in servers.values():
             process.terminate()
             process.wait(60)
-    report(results, args.concurrency)
+    report(results, args.concurrency, args.max_batch_size)
 
 
-def report(results: dict, levels: list[int]) -> None:
+def report(results: dict, levels: list[int], max_batch_size: int) -> None:
     rows = ["| concurrency | batching | req/s | p50 ms | p95 ms | mean batch | model busy |",
             "|---:|---|---:|---:|---:|---:|---:|"]
     rps = {}
@@ -185,7 +186,7 @@ def report(results: dict, levels: list[int]) -> None:
             row = results[(concurrency, mode)]
             lat, (examples, calls, model_seconds) = row["lat"], row["model"]
             rps[(concurrency, mode)] = len(lat) / row["wall"]
-            rows.append(f"| {concurrency} | {'on (16)' if mode == 'batched' else 'off (1)'} | "
+            rows.append(f"| {concurrency} | {f'on ({max_batch_size})' if mode == 'batched' else 'off (1)'} | "
                         f"{rps[(concurrency, mode)]:.1f} | {percentile(lat, 50):.0f} | {percentile(lat, 95):.0f} | "
                         f"{examples / max(calls, 1):.1f} | {100 * model_seconds / row['wall']:.0f}% |")
     print("\n".join(rows))
