@@ -130,6 +130,15 @@ def model_counters(url: str) -> tuple[float, float, float]:
             values.get("velora_batch_seconds_sum", 0.0))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc): less sensitive to other load than wall time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
@@ -161,11 +170,13 @@ def main() -> None:
             for mode in ("batched", "unbatched"):  # warm-up at this concurrency
                 asyncio.run(load(servers[mode][1], images, concurrency, concurrency))
             for mode in ("batched", "unbatched", "unbatched", "batched"):
-                url = servers[mode][1]
-                before = model_counters(url)
+                process, url = servers[mode]
+                before, cpu_before = model_counters(url), cpu_seconds(process.pid)
                 seconds, latencies = asyncio.run(load(url, images, concurrency, n))
                 moved = [b - a for a, b in zip(before, model_counters(url))]
-                row = results.setdefault((concurrency, mode), {"wall": 0.0, "lat": [], "model": [0.0, 0.0, 0.0]})
+                row = results.setdefault((concurrency, mode),
+                                         {"wall": 0.0, "lat": [], "model": [0.0, 0.0, 0.0], "cpu": 0.0})
+                row["cpu"] += cpu_seconds(process.pid) - cpu_before
                 row["wall"] += seconds
                 row["lat"] += latencies
                 row["model"] = [x + y for x, y in zip(row["model"], moved)]
@@ -178,8 +189,8 @@ def main() -> None:
 
 
 def report(results: dict, levels: list[int], max_batch_size: int) -> None:
-    rows = ["| concurrency | batching | req/s | p50 ms | p95 ms | mean batch | model busy |",
-            "|---:|---|---:|---:|---:|---:|---:|"]
+    rows = ["| concurrency | batching | req/s | p50 ms | p95 ms | mean batch | model busy | server CPU ms/req |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|"]
     rps = {}
     for concurrency in levels:
         for mode in ("batched", "unbatched"):
@@ -188,7 +199,8 @@ def report(results: dict, levels: list[int], max_batch_size: int) -> None:
             rps[(concurrency, mode)] = len(lat) / row["wall"]
             rows.append(f"| {concurrency} | {f'on ({max_batch_size})' if mode == 'batched' else 'off (1)'} | "
                         f"{rps[(concurrency, mode)]:.1f} | {percentile(lat, 50):.0f} | {percentile(lat, 95):.0f} | "
-                        f"{examples / max(calls, 1):.1f} | {100 * model_seconds / row['wall']:.0f}% |")
+                        f"{examples / max(calls, 1):.1f} | {100 * model_seconds / row['wall']:.0f}% | "
+                        f"{1000 * row['cpu'] / len(lat):.0f} |")
     print("\n".join(rows))
     single = statistics.median(results[(levels[0], "unbatched")]["lat"])
     for concurrency in levels:
