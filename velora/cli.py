@@ -357,7 +357,7 @@ def mine_command(model_path, base_model, device, dtype, image_size, data_dir, ou
     result = mine(predictor, data_dir, output_file, confidence_threshold=confidence_threshold, strategy=strategy,
                   top_k=top_k, mislabel_confidence=mislabel, split=split, batch_size=batch_size,
                   overwrite=overwrite, progress=True)
-    click.echo(result.summary(confidence_threshold, mislabel))
+    click.echo(result.summary())
 
 
 def _alias(command: click.Command, name: str, of: str) -> click.Command:

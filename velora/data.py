@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,9 +37,9 @@ class ExampleSet:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    @property
+    @cached_property
     def labels(self) -> list[str]:
-        return [_label_name(self.dataset, v, i) for i, v in enumerate(self.dataset["label"])]
+        return [_label_name(self.dataset, v, f"{self.source} row {i}") for i, v in enumerate(self.dataset["label"])]
 
     def rows(self, start: int, stop: int) -> dict[str, list]:
         """Columns of rows [start, stop) as lists."""
@@ -53,13 +54,13 @@ class ExampleSet:
                 f"run `velora validate {self.source}` for every reason")
 
 
-def _label_name(dataset, value, index: int) -> str:
+def _label_name(dataset, value, where: str) -> str:
     feature = dataset.features["label"]
     if hasattr(feature, "int2str") and isinstance(value, int):
         value = feature.int2str(value)
     label = normalize_label(value)
     if label is None:
-        raise VeloraError(f"row {index}: label {value!r} is not one of {', '.join(LABELS)}")
+        raise VeloraError(f"{where}: label {value!r} is not one of {', '.join(LABELS)}")
     return label
 
 

@@ -37,6 +37,7 @@ DYNAMIC_AXES = {"patch_images": {0: "batch"}, "input_ids": {0: "batch", 1: "leng
                 OUTPUT_NAME: {0: "batch"}}
 TOLERANCE = 1e-4  # max |probability difference| of the fp32 graph vs torch
 OPSET = 17
+INT8_OPS = ["MatMul", "Gemm"]
 
 
 class ScoringGraph(nn.Module):
@@ -67,17 +68,21 @@ def graph_inputs(tokenizer, preprocess: PreprocessConfig, images: Sequence[Image
 class OnnxPredictor:
     """Scores with an exported graph on onnxruntime; `probabilities` works like `Predictor.probabilities`."""
 
-    def __init__(self, onnx_path: str | os.PathLike, tokenizer, preprocess: PreprocessConfig):
+    def __init__(self, onnx_path: str | os.PathLike, tokenizer, preprocess: PreprocessConfig,
+                 threads: int | None = None):
         import onnxruntime as ort
 
         self.path = Path(onnx_path)
-        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.tokenizer = tokenizer
         self.preprocess = preprocess
         self.description = f"ONNX {self.path}"
 
     @classmethod
-    def from_file(cls, onnx_path: str | os.PathLike) -> "OnnxPredictor":
+    def from_file(cls, onnx_path: str | os.PathLike, threads: int | None = None) -> "OnnxPredictor":
         """Load `model.onnx` with the `model.json` and tokenizer files written beside it by `export_onnx`."""
         path = Path(onnx_path)
         sidecar = path.with_suffix(".json")
@@ -86,7 +91,7 @@ class OnnxPredictor:
         info = json.loads(sidecar.read_text(encoding="utf-8"))
         preprocess = PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v
                                          for k, v in info["preprocess"].items()})
-        return cls(path, load_tokenizer(path.parent), preprocess)
+        return cls(path, load_tokenizer(path.parent), preprocess, threads)
 
     def run(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs)}
@@ -161,7 +166,9 @@ def _quantize_int8(source: Path, target: Path) -> None:
 
     logging.disable(logging.WARNING)  # its advice to run shape pre-processing, which fails on this graph
     try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        # Linear layers only: onnxruntime's ConvInteger is slower than its fp32 Conv (bench/export.py), and the
+        # tied embedding's rows are the answer scores (the Predictor's int8 mode keeps it float too).
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OPS)
     finally:
         logging.disable(logging.NOTSET)
 
@@ -195,7 +202,8 @@ def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike, *, bas
                 image_size: int | None = None, opset: int = OPSET, batch_size: int = 8, overwrite: bool = False,
                 progress: bool = False) -> ExportResult:
     """Export `model_path` (model dir, adapter dir or hub id) to `output` (.onnx), check it against torch with
-    onnxruntime, and with `quantize="int8"` write the int8 graph to `output` (the fp32 one to `<stem>.fp32.onnx`)."""
+    onnxruntime, and with `quantize="int8"` write the int8 graph to `output` (the fp32 one to `<stem>.fp32.onnx`);
+    with `eval_file`, measure the accuracy of the exported graph(s) on it."""
     if quantize not in (None, "int8"):
         raise VeloraError(f"--quantize {quantize}: only int8 (dynamic) is supported")
     output = Path(output)
@@ -213,12 +221,13 @@ def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike, *, bas
     def inputs(rows: slice) -> list[torch.Tensor]:
         return graph_inputs(predictor.tokenizer, predictor.preprocess, images[rows], premises[rows], hypotheses[rows])
 
-    fp32_path = output.with_name(output.stem + ".fp32.onnx") if quantize else output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _export_graph(graph, inputs(slice(0, 2)), fp32_path, opset)
-    check = inputs(slice(1, None))  # another batch size and other lengths than the export example
+    check = inputs(slice(1, None))  # another batch size and other lengths than the export example's
     with torch.inference_mode():
         expected = graph(*check)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fp32_path = output.with_name(output.stem + ".fp32.onnx") if quantize else output
+    _export_graph(graph, inputs(slice(0, 2)), fp32_path, opset)
     fp32 = OnnxPredictor(fp32_path, predictor.tokenizer, predictor.preprocess)
     max_diff = (fp32.run(check) - expected).abs().max().item()
     if max_diff > TOLERANCE:
@@ -228,37 +237,33 @@ def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike, *, bas
     for name in ("vocab.json", "merges.txt"):
         shutil.copyfile(tokenizer_dir(*source_dirs(model_path, base_model)) / name, output.parent / name)
     result = ExportResult(output, max_diff, fp32_path.stat().st_size)
+    scorers = [fp32]
     if quantize:
         _quantize_int8(fp32_path, output)
-        _write_sidecar(output, predictor, opset, "int8 dynamic (onnxruntime quantize_dynamic, QInt8 weights)")
-        int8 = OnnxPredictor(output, predictor.tokenizer, predictor.preprocess)
-        got = int8.run(check)
+        what = f"int8 dynamic (onnxruntime quantize_dynamic: {', '.join(INT8_OPS)} weights QInt8)"
+        _write_sidecar(output, predictor, opset, what)
+        scorers.append(OnnxPredictor(output, predictor.tokenizer, predictor.preprocess))
+        got = scorers[1].run(check)
         result.fp32_path, result.fp32_size_bytes = fp32_path, result.size_bytes
         result.size_bytes = output.stat().st_size
         result.int8_max_diff = (got - expected).abs().max().item()
         result.int8_check_agreement = (got.argmax(-1) == expected.argmax(-1)).float().mean().item()
     if examples is not None:
-        result.eval = _eval_change(fp32, int8 if quantize else None, examples, batch_size, progress)
+        result.eval = eval_change(scorers, examples, batch_size, progress)
     return result
 
 
-def _eval_change(fp32: OnnxPredictor, int8: OnnxPredictor | None, examples, batch_size: int, progress: bool
-                 ) -> dict:
-    """Accuracy of the fp32 graph (and the int8 one, with how often the two agree) on labelled examples."""
+def eval_change(scorers: list[OnnxPredictor], examples, batch_size: int = 8, progress: bool = False) -> dict:
+    """Accuracy of the fp32 graph (and of the int8 one, with how often the two agree) on labelled examples."""
     from velora.data import score_examples
-    from velora.evaluate import predicted_labels
+    from velora.evaluate import compute_metrics, predicted_labels
 
     labels = examples.labels
-
-    def predict(scorer: OnnxPredictor) -> list[str]:
-        return predicted_labels(score_examples(scorer, examples, batch_size=batch_size, progress=progress,
-                                               desc=f"eval {scorer.path.name}"))
-
-    fp32_pred = predict(fp32)
-    out = {"source": examples.source, "examples": len(labels),
-           "fp32_accuracy": sum(p == t for p, t in zip(fp32_pred, labels)) / len(labels)}
-    if int8 is not None:
-        int8_pred = predict(int8)
-        out["int8_accuracy"] = sum(p == t for p, t in zip(int8_pred, labels)) / len(labels)
-        out["agreement"] = sum(a == b for a, b in zip(fp32_pred, int8_pred)) / len(labels)
+    predictions = [predicted_labels(score_examples(s, examples, batch_size=batch_size, progress=progress,
+                                                   desc=f"eval {s.path.name}")) for s in scorers]
+    out = {"source": examples.source, "examples": len(labels)}
+    for name, predicted in zip(("fp32", "int8"), predictions):
+        out[f"{name}_accuracy"] = compute_metrics(labels, predicted).accuracy
+    if len(predictions) == 2:
+        out["agreement"] = sum(a == b for a, b in zip(*predictions)) / len(labels)
     return out

@@ -139,17 +139,18 @@ def check_adapter_fits(adapter_dir: Path, base_dir: Path) -> None:
         modules = dict(OFAModel(read_config(base_dir)).named_modules())
     for key, shape in adapter_shapes(adapter_dir).items():
         name, _, part = key.removeprefix("base_model.model.").partition(".lora_")
-        module = modules.get(name)
         if not part:
             continue  # modules_to_save copies and the like: PEFT checks those
-        if not isinstance(module, torch.nn.Linear):
+        module = modules.get(name)
+        if module is None:
             raise VeloraError(f"adapter {adapter_dir} has LoRA weights for {name}, which {base_dir} does not have: "
                               "it was trained on another base model; pass that one with --base_model")
-        fits = shape[1] == module.in_features if part.startswith("A") else shape[0] == module.out_features
-        if part[0] in "AB" and not fits:
-            raise VeloraError(f"adapter {adapter_dir} does not fit {base_dir}: {key} has shape {list(shape)} but "
-                              f"{name} is {module.in_features} -> {module.out_features}; it was trained on another "
-                              "base model; pass that one with --base_model")
+        if isinstance(module, torch.nn.Linear) and part[0] in "AB":
+            size, wanted = (shape[1], module.in_features) if part[0] == "A" else (shape[0], module.out_features)
+            if size != wanted:
+                raise VeloraError(f"adapter {adapter_dir} does not fit {base_dir}: {key} has shape {list(shape)} "
+                                  f"but {name} is {module.in_features} -> {module.out_features}; it was trained on "
+                                  "another base model; pass that one with --base_model")
 
 
 def check_adapter_complete(predictor: Predictor, adapter_dir: Path, base_dir: Path) -> None:
@@ -241,7 +242,8 @@ def _check_output_dir(output: Path, inputs: list[Path], overwrite: bool) -> None
             raise VeloraError(f"--output_dir {output}: is an input ({path}); choose a new folder")
     if output.is_dir() and any(output.iterdir()):
         if not overwrite:
-            raise VeloraError(f"--output_dir {output}: not empty; pass --overwrite to replace it or choose a new folder")
+            raise VeloraError(f"--output_dir {output}: not empty; pass --overwrite to replace it or choose a new "
+                              "folder")
         if not (output / "config.json").exists():
             raise VeloraError(f"--output_dir {output}: holds files that are not a model; refusing to replace them")
 

@@ -78,6 +78,8 @@ def check_settings(confidence_threshold: float, strategy: str, top_k: int | None
 class MineResult:
     source: str
     scored: int
+    confidence_threshold: float
+    mislabel_confidence: float | None
     rows: list[dict] = field(default_factory=list)  # as written to the CSV, in order
     output_file: Path | None = None
     images_dir: Path | None = None  # where embedded images were written, if any were
@@ -86,14 +88,14 @@ class MineResult:
     def count(self, flag: str) -> int:
         return sum(row["flag"] == flag for row in self.rows)
 
-    def summary(self, confidence_threshold: float, mislabel_confidence: float | None) -> str:
+    def summary(self) -> str:
         lines = [f"Scored {self.scored} examples from {self.source}."]
         if self.note:
             lines.append(f"Note: {self.note}")
-        lines.append(f"  {self.count(AMBIGUOUS)} ambiguous (confidence < {confidence_threshold})")
-        if mislabel_confidence is not None:
+        lines.append(f"  {self.count(AMBIGUOUS)} ambiguous (confidence < {self.confidence_threshold})")
+        if self.mislabel_confidence is not None:
             lines.append(f"  {self.count(MISLABELED)} likely mislabelled (predicted another label with "
-                         f"confidence >= {mislabel_confidence})")
+                         f"confidence >= {self.mislabel_confidence})")
         if self.output_file is not None:
             where = f" (images in {self.images_dir})" if self.images_dir else ""
             lines.append(f"Wrote {len(self.rows)} rows to {self.output_file}{where}.")
@@ -118,7 +120,8 @@ def mine(predictor: Predictor, data: str | os.PathLike | ExampleSet, output_file
     probs = score_examples(predictor, examples, batch_size=batch_size, progress=progress, desc="mine")
     picked = select_hard(probs, labels, confidence_threshold=confidence_threshold, strategy=strategy,
                          top_k=top_k, mislabel_confidence=mislabel_confidence)
-    result = MineResult(examples.source, len(examples), note=examples.dropped_summary())
+    result = MineResult(examples.source, len(examples), confidence_threshold, mislabel_confidence,
+                        note=examples.dropped_summary())
     records = [examples.rows(i, i + 1) for i, _ in picked]
     result.rows = [_row_values(record, labels[i], flag, probs[i], i) for record, (i, flag) in zip(records, picked)]
     if output is not None:
