@@ -4,6 +4,8 @@ Two real servers (the `velora serve` command, same build) on one random-weight c
 (batched) and --max_batch_size 1 (unbatched). Both stay up; at each concurrency they are measured in ABBA order
 (batched, unbatched, unbatched, batched) so drifting machine load hits both alike. Clients are httpx async, each
 request a distinct 256x256 JPEG, a premise and a hypothesis, sent as multipart like a camera would.
+Besides req/s and latency it prints, from the servers' /metrics and /proc, the mean model batch, the share of wall
+time spent in model calls, and the server's CPU ms per request (steadier than wall time on a shared machine).
 
     python bench/serve.py                       # the default preset, concurrency 1 16 64
     python bench/serve.py --preset small --requests 64

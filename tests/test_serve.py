@@ -18,6 +18,7 @@ import time
 import httpx
 import pytest
 from click.testing import CliRunner
+from fastapi.testclient import TestClient
 from conftest import write_tiny_adapter
 from prometheus_client.parser import text_string_to_metric_families
 from serve_helpers import bomb_png, image_bytes, live_server, truncated_png
@@ -330,6 +331,20 @@ def test_one_log_line_per_request(client, caplog):
     assert '"POST /check" 200' in lines[0] and "adapter=default relation=" in lines[0]
     assert '"POST /check" 400' in lines[1]
     assert '"GET /healthz" 200' in lines[2]
+
+
+def test_plain_model_serves_base_by_default_and_is_unready_before_startup(tiny_model_dir):
+    app = create_app(ServeSettings(model_path=str(tiny_model_dir), warmup=False))
+    cold = TestClient(app)  # lifespan not run: nothing loaded yet
+    assert cold.get("/readyz").status_code == 503 and cold.get("/healthz").status_code == 200
+    assert cold.post("/check", json={"image": "", "hypothesis": "h"}).status_code == 503
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/info").json()["adapters"] == [BASE]
+        files = {"image": ("a.png", image_bytes(0))}
+        assert client.post("/check", files=files, data={"hypothesis": "h"}).json()["adapter"] == BASE
+        response = client.post("/check", files=files, data={"hypothesis": "h", "adapter": "default"})
+        assert response.status_code == 400 and "this server has: base" in response.json()["detail"]
 
 
 # -- the command line ---------------------------------------------------------------------------------------------
