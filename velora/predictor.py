@@ -98,7 +98,10 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, model_path: str | os.PathLike, *, base_model: str | None = None,
                         device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-                        image_size: int | None = None, quantize: str | None = None) -> "Predictor":
+                        image_size: int | None = None, quantize: str | None = None,
+                        fuse_resnet: bool = False) -> "Predictor":
+        """`fuse_resnet` folds BatchNorm into the ResNet's convolutions (faster inference; the model's state_dict
+        then no longer has the checkpoint layout, so leave it off to save or merge weights)."""
         model_dir = resolve_model_dir(model_path)
         device = pick_device(device)
         dtype = pick_dtype(dtype, device)
@@ -119,6 +122,8 @@ class Predictor:
             model, peft_model = _quantize(model, peft_model, quantize, device)
             description += f" ({quantize} dynamic quantization)"
         model.to(device=device, dtype=dtype)
+        if fuse_resnet:
+            model.encoder.embed_images.fuse_for_inference_()
         # an adapter records the preprocessing it was trained with; otherwise the base model's applies
         trained_with = adapter_dir if adapter_dir and (adapter_dir / "configuration.json").exists() else base_dir
         preprocess = PreprocessConfig.from_model_dir(trained_with, image_size=image_size)

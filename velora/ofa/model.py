@@ -105,8 +105,27 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
         return self.layer3(self.layer2(self.layer1(x)))  # (B, 1024, H/16, W/16)
+
+    @torch.no_grad()
+    def fuse_for_inference_(self) -> "ResNet":
+        """Inference only: fold every (eval-mode) BatchNorm into the convolution before it, and store weights
+        channels-last, the layout oneDNN convolutions run fastest in. Same outputs up to float rounding."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        pairs = [(self, "conv1", "bn1")]
+        for layer in (self.layer1, self.layer2, self.layer3):
+            for block in layer:
+                pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
+                if block.downsample is not None:
+                    pairs.append((block.downsample, "0", "1"))
+        for module, conv, bn in pairs:
+            setattr(module, conv, fuse_conv_bn_eval(getattr(module, conv).eval(), getattr(module, bn).eval()))
+            setattr(module, bn, nn.Identity())
+        return self.to(memory_format=torch.channels_last)
 
 
 # ----------------------------------------------------------------------------------------------------------------
