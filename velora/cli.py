@@ -411,7 +411,8 @@ def export_group() -> None:
               help="Base model for an adapter (default: the one named in its adapter_config.json).")
 @click.option("--output", required=True, help="The .onnx file to write.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Write an int8 (dynamic) graph to --output; the fp32 one stays beside it as <name>.fp32.onnx.")
+              help="Write an int8 graph (dynamic quantization of the Linear layers) to --output; the fp32 one "
+                   "stays beside it as <name>.fp32.onnx.")
 @click.option("--eval_file", "--eval-file", "eval_file", default=None,
               help="Labelled CSV/JSONL or converted dataset: report the accuracy of the exported graph(s).")
 @click.option("--split", default="validation", show_default=True, help="Split of a converted --eval_file.")
