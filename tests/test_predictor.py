@@ -84,12 +84,24 @@ def test_adapter_with_missing_base_names_the_fix(tiny_adapter_dir, tmp_path):
         Predictor.from_pretrained(adapter)
 
 
-def test_adapter_on_wrong_base_is_refused(tiny_adapter_dir, tmp_path):
+def tiny_adapter_dir_for(model_dir, tmp_path):
+    from conftest import write_tiny_adapter
+
+    return write_tiny_adapter(model_dir, tmp_path / "adapter_for_wide")
+
+
+def test_adapter_on_wrong_base_is_refused(tiny_adapter_dir, tiny_model_dir, tmp_path):
     from conftest import write_tiny_model
 
-    other = write_tiny_model(tmp_path / "wide", d_model=48, encoder_attention_heads=4, decoder_attention_heads=4)
-    with pytest.raises(VeloraError, match="adapter does not fit this base model"):
-        Predictor.from_pretrained(tiny_adapter_dir, base_model=str(other))
+    wide = write_tiny_model(tmp_path / "wide", d_model=48, encoder_attention_heads=4, decoder_attention_heads=4)
+    with pytest.raises(VeloraError, match=r"does not fit .*q_proj.lora_A.weight has shape \[4, 32\]"):
+        Predictor.from_pretrained(tiny_adapter_dir, base_model=str(wide))
+    deeper = write_tiny_model(tmp_path / "deeper", decoder_layers=3)  # PEFT alone would only warn
+    with pytest.raises(VeloraError, match=r"does not fit .*: no weights for .*decoder.layers.2"):
+        Predictor.from_pretrained(tiny_adapter_dir, base_model=str(deeper))
+    predictor = Predictor.from_pretrained(tiny_model_dir)
+    with pytest.raises(VeloraError, match="does not fit"):
+        predictor.load_adapter("other", tiny_adapter_dir_for(wide, tmp_path))
 
 
 def test_int8_dynamic_quantization_stays_close(tiny_model_dir):

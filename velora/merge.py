@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,8 @@ from velora.errors import VeloraError
 from velora.hub import resolve_model_dir
 from velora.ofa.checkpoint import save_model_dir
 from velora.ofa.model import OFAModel
-from velora.predictor import Predictor, pick_dtype, read_adapter_config
+from velora.adapters import base_dir_for
+from velora.predictor import Predictor, pick_dtype
 
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}  # max |probability difference|
 QUANTIZED_DTYPES = {"I8", "U8", "F8_E4M3", "F8_E5M2"}  # safetensors names
@@ -66,17 +66,6 @@ def adapter_dir_of(lora_path: str | os.PathLike) -> Path:
     return path
 
 
-def base_dir_of(adapter_dir: Path, base_model: str | os.PathLike | None) -> Path:
-    recorded = read_adapter_config(adapter_dir).get("base_model_name_or_path")
-    if base_model is None and not recorded:
-        raise VeloraError(f"{adapter_dir}: adapter_config.json names no base model; pass --base_model")
-    base = resolve_model_dir(base_model or recorded)
-    if (base / "adapter_config.json").exists():
-        raise VeloraError(f"--base_model {base}: is a LoRA adapter, not a base model; pass the model it was "
-                          "trained on")
-    return base
-
-
 def tokenizer_dir(*dirs: Path) -> Path | None:
     """The first directory holding the BPE files (vocab.json + merges.txt), as the Predictor picks them."""
     return next((d for d in dirs if (d / "vocab.json").exists() and (d / "merges.txt").exists()), None)
@@ -86,7 +75,7 @@ def source_dirs(model_path: str | os.PathLike, base_model: str | os.PathLike | N
     """[adapter dir, base dir] for a LoRA adapter, [model dir] otherwise."""
     model_dir = resolve_model_dir(model_path)
     if (model_dir / "adapter_config.json").exists():
-        return [model_dir, base_dir_of(model_dir, base_model)]
+        return [model_dir, base_dir_for(model_dir, base_model)]
     return [model_dir]
 
 
@@ -116,67 +105,14 @@ def refuse_quantized(base_dir: Path) -> None:
                           "merge into the original float checkpoint, then quantize the merged model")
 
 
-def adapter_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
-    """Saved LoRA weight name -> shape, without loading the tensors (safetensors) where possible."""
-    path = adapter_dir / "adapter_model.safetensors"
-    if path.exists():
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    path = adapter_dir / "adapter_model.bin"
-    if not path.exists():
-        raise VeloraError(f"{adapter_dir}: no adapter_model.safetensors or adapter_model.bin")
-    return {k: tuple(v.shape) for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
-
-
-def check_adapter_fits(adapter_dir: Path, base_dir: Path) -> None:
-    """Every saved LoRA weight must belong to a Linear of the base with matching sizes (PEFT's own error names
-    none of that)."""
-    from velora.ofa.checkpoint import read_config
-
-    with torch.device("meta"):
-        modules = dict(OFAModel(read_config(base_dir)).named_modules())
-    for key, shape in adapter_shapes(adapter_dir).items():
-        name, _, part = key.removeprefix("base_model.model.").partition(".lora_")
-        if not part:
-            continue  # modules_to_save copies and the like: PEFT checks those
-        module = modules.get(name)
-        if module is None:
-            raise VeloraError(f"adapter {adapter_dir} has LoRA weights for {name}, which {base_dir} does not have: "
-                              "it was trained on another base model; pass that one with --base_model")
-        if isinstance(module, torch.nn.Linear) and part[0] in "AB":
-            size, wanted = (shape[1], module.in_features) if part[0] == "A" else (shape[0], module.out_features)
-            if size != wanted:
-                raise VeloraError(f"adapter {adapter_dir} does not fit {base_dir}: {key} has shape {list(shape)} "
-                                  f"but {name} is {module.in_features} -> {module.out_features}; it was trained on "
-                                  "another base model; pass that one with --base_model")
-
-
-def check_adapter_complete(predictor: Predictor, adapter_dir: Path, base_dir: Path) -> None:
-    """PEFT only warns when base layers it targets have no saved weights (a deeper base than the adapter's)."""
-    saved = set(adapter_shapes(adapter_dir))
-    loaded = {k.replace(".default.", ".") for k in predictor.peft_model.state_dict() if ".lora_" in k}
-    missing = sorted(loaded - saved)
-    if missing:
-        raise VeloraError(f"adapter {adapter_dir} has no weights for {missing[0]} ({len(missing)} in all) of "
-                          f"{base_dir}: it was trained on another base model; pass that one with --base_model")
-
-
 def load_checked(model_path: str | os.PathLike, base_model: str | os.PathLike | None = None, *,
                  device: str = "cpu", image_size: int | None = None) -> Predictor:
-    """An fp32 Predictor for a model or adapter directory; an adapter is first checked against its base."""
+    """An fp32 Predictor for a model or adapter directory (an adapter is checked against its base on loading),
+    with the checkpoint's module layout intact so its weights can be merged and saved."""
     dirs = source_dirs(model_path, base_model)
-    if len(dirs) == 1:
-        return Predictor.from_pretrained(dirs[0], device=device, dtype=torch.float32, image_size=image_size)
-    adapter_dir, base_dir = dirs
-    check_adapter_fits(adapter_dir, base_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PEFT's missing-keys warning: check_adapter_complete makes it an error
-        predictor = Predictor.from_pretrained(adapter_dir, base_model=str(base_dir), device=device,
-                                              dtype=torch.float32, image_size=image_size)
-    check_adapter_complete(predictor, adapter_dir, base_dir)
-    return predictor
+    base = str(dirs[1]) if len(dirs) == 2 else None
+    return Predictor.from_pretrained(dirs[0], base_model=base, device=device, dtype=torch.float32,
+                                     image_size=image_size, fuse_resnet=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,7 +198,7 @@ def merge_lora(lora_path: str | os.PathLike, output_dir: str | os.PathLike, *,
     """Fold the LoRA adapter at `lora_path` into `base_model` (default: the base named in adapter_config.json),
     in fp32, and save it to `output_dir` in `dtype` ("float32", "float16" or "bfloat16"), after checking it."""
     adapter_dir = adapter_dir_of(lora_path)
-    base_dir = base_dir_of(adapter_dir, base_model)
+    base_dir = base_dir_for(adapter_dir, base_model)
     save_dtype = pick_dtype(dtype, torch.device("cpu"))
     if save_dtype not in TOLERANCE or dtype == "auto":
         raise VeloraError(f"--dtype {dtype}: use float32, float16 or bfloat16")

@@ -5,7 +5,6 @@ entailment / contradiction / neutral probabilities. `velora predict`, `eval`, `m
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from velora.errors import VeloraError
+from velora.adapters import attach_adapter, base_dir_for
 from velora.hub import resolve_model_dir
 from velora.images import ImageSource, load_image
 from velora.labels import LABELS
@@ -63,13 +63,6 @@ def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     return names[dtype]
 
 
-def read_adapter_config(adapter_dir: Path) -> dict:
-    try:
-        return json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise VeloraError(f"{adapter_dir / 'adapter_config.json'}: unreadable adapter config ({e})") from None
-
-
 def _image_key(source: ImageSource) -> str:
     if isinstance(source, (str, os.PathLike)):
         return "path:" + os.path.abspath(source)
@@ -83,7 +76,7 @@ class Predictor:
     `adapter_config.json` unless `base_model` is given)."""
 
     def __init__(self, model: OFAModel, tokenizer, preprocess: PreprocessConfig, device: torch.device,
-                 dtype: torch.dtype, peft_model=None, description: str = ""):
+                 dtype: torch.dtype, peft_model=None, description: str = "", base_dir: Path | None = None):
         self.model = model.eval()
         self.peft_model = peft_model
         self.tokenizer = tokenizer
@@ -92,6 +85,7 @@ class Predictor:
         self.dtype = dtype
         self.answer_ids = torch.tensor(answer_token_ids(tokenizer), device=device)
         self.description = description
+        self.base_dir = base_dir  # where the base weights came from (adapters added later must fit it)
 
     # -- construction ------------------------------------------------------------------------------------------
 
@@ -99,24 +93,19 @@ class Predictor:
     def from_pretrained(cls, model_path: str | os.PathLike, *, base_model: str | None = None,
                         device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
                         image_size: int | None = None, quantize: str | None = None,
-                        fuse_resnet: bool = False) -> "Predictor":
+                        fuse_resnet: bool = True) -> "Predictor":
         """`fuse_resnet` folds BatchNorm into the ResNet's convolutions (faster inference; the model's state_dict
         then no longer has the checkpoint layout, so leave it off to save or merge weights)."""
         model_dir = resolve_model_dir(model_path)
         device = pick_device(device)
         dtype = pick_dtype(dtype, device)
         adapter_dir = model_dir if (model_dir / "adapter_config.json").exists() else None
-        base_dir = model_dir
-        if adapter_dir is not None:
-            base_ref = base_model or read_adapter_config(adapter_dir).get("base_model_name_or_path")
-            if not base_ref:
-                raise VeloraError(f"{adapter_dir}: adapter_config.json names no base model; pass --base_model")
-            base_dir = resolve_model_dir(base_ref)
+        base_dir = base_dir_for(adapter_dir, base_model) if adapter_dir is not None else model_dir
         model = load_pretrained(base_dir)
         peft_model = None
         description = f"{base_dir}"
         if adapter_dir is not None:
-            peft_model = attach_adapter(model, adapter_dir, DEFAULT_ADAPTER)
+            peft_model = attach_adapter(model, adapter_dir, DEFAULT_ADAPTER, base_dir)
             description = f"LoRA adapter {adapter_dir} on {base_dir}"
         if quantize:
             model, peft_model = _quantize(model, peft_model, quantize, device)
@@ -128,17 +117,16 @@ class Predictor:
         trained_with = adapter_dir if adapter_dir and (adapter_dir / "configuration.json").exists() else base_dir
         preprocess = PreprocessConfig.from_model_dir(trained_with, image_size=image_size)
         tokenizer = load_tokenizer(adapter_dir, base_dir)
-        return cls(model, tokenizer, preprocess, device, dtype, peft_model, description)
+        return cls(model, tokenizer, preprocess, device, dtype, peft_model, description, base_dir)
 
     def load_adapter(self, name: str, adapter_dir: str | os.PathLike) -> None:
         """Add another LoRA adapter on the same base, selectable per call with `adapter=name`."""
         if name in (BASE,):
             raise VeloraError(f"adapter name {name!r} is reserved for the base model")
         adapter_dir = resolve_model_dir(adapter_dir)
-        if self.peft_model is None:
-            self.peft_model = attach_adapter(self.model, adapter_dir, name)
-        else:
-            self.peft_model.load_adapter(str(adapter_dir), adapter_name=name)
+        if name in self.adapter_names:
+            raise VeloraError(f"adapter name {name!r} is already loaded")
+        self.peft_model = attach_adapter(self.model, adapter_dir, name, self.base_dir, self.peft_model)
         self.model.to(device=self.device, dtype=self.dtype)
 
     @property
@@ -208,17 +196,6 @@ class Predictor:
             raise VeloraError(f"unknown adapter {name!r}; loaded: {', '.join(self.adapter_names)}")
         self.peft_model.set_adapter(name)
         return contextlib.nullcontext()
-
-
-def attach_adapter(model: OFAModel, adapter_dir: Path, name: str):
-    """Wrap `model` with the LoRA adapter saved in `adapter_dir` (PEFT layout), frozen, for inference."""
-    from peft import PeftModel
-
-    try:
-        return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name, is_trainable=False)
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise VeloraError(f"{adapter_dir}: adapter does not fit this base model ({str(e).splitlines()[0][:200]}); "
-                          "pass the base it was trained on with --base_model") from None
 
 
 def _quantize(model: OFAModel, peft_model, mode: str, device: torch.device):
