@@ -76,3 +76,12 @@ def test_version_and_help():
     assert runner.invoke(cli, ["--version"]).output.startswith("velora, version ")
     help_text = runner.invoke(cli, ["predict", "-h"]).output
     assert "Examples:" in help_text and "--compare_base" in help_text
+
+
+@pytest.mark.parametrize("guide_name, command", [("convert_to_hf.py", "convert"), ("finetune_lora", "train"),
+                                                 ("test_finetuned.py", "predict"), ("eval_finetuned", "eval"),
+                                                 ("collect_hard_examples", "mine"), ("merge_lora.py", "merge")])
+def test_the_guides_script_names_are_commands(guide_name, command):
+    runner = CliRunner()
+    guide, velora = (runner.invoke(cli, [name, "--help"]).output.splitlines() for name in (guide_name, command))
+    assert guide[1:] == velora[1:] and len(velora) > 3

@@ -12,8 +12,22 @@ from velora import __version__
 from velora.errors import VeloraError
 
 
+# The guide's script names (scripts/convert_to_hf.py, finetune_lora.py, ...) work as hidden command names.
+GUIDE_NAMES = {
+    "convert_to_hf": "convert", "convert-to-hf": "convert",
+    "finetune_lora": "train", "finetune-lora": "train",
+    "test_finetuned": "predict", "test-finetuned": "predict",
+    "eval_finetuned": "eval", "eval-finetuned": "eval", "evaluate": "eval",
+    "collect_hard_examples": "mine",
+    "merge_lora": "merge", "merge-lora": "merge",
+}
+
+
 class VeloraGroup(click.Group):
-    """Turns VeloraError into a one-line message with exit code 2, never a traceback."""
+    """Turns VeloraError into a one-line message with exit code 2, never a traceback; knows the guide's names."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str):
+        return super().get_command(ctx, GUIDE_NAMES.get(cmd_name.removesuffix(".py"), cmd_name))
 
     def invoke(self, ctx: click.Context):
         try:
