@@ -180,6 +180,15 @@ def decoder_image_position_idx(config: OFAConfig) -> torch.Tensor:
     return torch.cat([torch.tensor([0], device="cpu"), grid, torch.full((768,), 1024, device="cpu")])
 
 
+def position_qk(q_linear: nn.Linear, k_linear: nn.Linear, pos: torch.Tensor, num_heads: int, scaling: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C) position embeddings -> scaled queries and keys (H, N, hs) of OFA's absolute-position bias."""
+    N = pos.shape[0]
+    q = q_linear(pos).view(N, num_heads, -1).transpose(0, 1) * scaling
+    k = k_linear(pos).view(N, num_heads, -1).transpose(0, 1)
+    return q, k
+
+
 def position_bias(q_linear: nn.Linear, k_linear: nn.Linear, q_pos: torch.Tensor, k_pos: torch.Tensor,
                   num_heads: int, scaling: float) -> torch.Tensor:
     """OFA's absolute-position attention bias: (T, C) and (S, C) position embeddings -> (H, T, S)."""
@@ -190,8 +199,8 @@ def position_bias(q_linear: nn.Linear, k_linear: nn.Linear, q_pos: torch.Tensor,
 
 
 def rel_bias(table: nn.Embedding, buckets: torch.Tensor) -> torch.Tensor:
-    """(T, S) bucket indices -> (H, T, S) learned bias."""
-    return F.embedding(buckets, table.weight).permute(2, 0, 1)
+    """(T, S) bucket indices -> (H, T, S) learned bias (gathered head-major, so the result is contiguous)."""
+    return table.weight.t()[:, buckets]
 
 
 def masked_bias(bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -337,6 +346,7 @@ class OFAEncoder(nn.Module):
         self.embed_scale = math.sqrt(d) if config.scale_embedding else 1.0
         self.pos_scaling = (d / heads * config.attn_scale_factor) ** -0.5
         self.gradient_checkpointing = False
+        self.image_bias_cache: dict | None = None  # inference only: see _image_position_terms
 
         self.embed_tokens = embed_tokens
         self.type_embedding = nn.Embedding(2, d) if config.add_type_embedding else None  # 0 text, 1 image
@@ -378,16 +388,50 @@ class OFAEncoder(nn.Module):
             x = self.patch_layernorm_embedding(x)
         return x
 
-    def _self_attn_bias(self, layer: int, image_ids: torch.Tensor, L: int, abs_bias: torch.Tensor) -> torch.Tensor:
-        """(H, S, S): absolute-position bias + this layer's image-image and text-text relative biases."""
-        table = 0 if self.config.share_attn_bias else layer
-        P = image_ids.shape[0]
-        image = rel_bias(self.image_rel_pos_table_list[table], self.image_rp_bucket[image_ids][:, image_ids])
-        text = rel_bias(self.token_rel_pos_table_list[table], self.token_rp_bucket[:L, :L])
-        rel = torch.zeros_like(abs_bias)
-        rel[:, :P, :P] = image
-        rel[:, P:, P:] = text
-        return abs_bias + rel
+    def _image_position_terms(self, h: int, w: int, device: torch.device) -> tuple:
+        """What no text changes: image positions (P, C), their query/key projections (H, P, hs) and the image-image
+        block of every layer's bias (absolute + relative). Kept in `image_bias_cache` when that is enabled
+        (inference: it holds layers x H x P x P floats, and assumes the weights no longer change)."""
+        use_cache = self.image_bias_cache is not None and not torch.is_grad_enabled()
+        key = (h, w, device, self.embed_image_positions.weight.dtype)
+        if use_cache and key in self.image_bias_cache:
+            return self.image_bias_cache[key]
+        image_ids = image_position_ids(h, w, self.config.image_bucket_size, device)  # (P,)
+        image_pos = self.image_pos_ln(self.embed_image_positions(image_ids))  # (P, C)
+        q, k = position_qk(self.pos_q_linear, self.pos_k_linear, image_pos, self.num_heads, self.pos_scaling)
+        abs_image = q @ k.transpose(1, 2)  # (H, P, P)
+        buckets = self.image_rp_bucket[image_ids][:, image_ids]  # (P, P)
+        tables = [self.image_rel_pos_table_list[self._table(i)] for i in range(len(self.layers))]
+        blocks = [abs_image + rel_bias(table, buckets) for table in tables]  # layers x (H, P, P)
+        terms = (image_pos, q, k, blocks)
+        if use_cache:
+            self.image_bias_cache[key] = terms
+        return terms
+
+    def _table(self, layer: int) -> int:
+        return 0 if self.config.share_attn_bias else layer
+
+    def _self_attn_biases(self, h: int, w: int, L: int, device: torch.device
+                          ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One (H, S, S) bias per layer: absolute-position bias, plus relative biases on the image-image and
+        text-text blocks; and the positions (S, C) the decoder's cross-attention bias reads."""
+        image_pos, q_image, k_image, image_blocks = self._image_position_terms(h, w, device)
+        text_pos = self.pos_ln(self.embed_positions(torch.arange(L, device=device)))  # (L, C)
+        q_text, k_text = position_qk(self.pos_q_linear, self.pos_k_linear, text_pos, self.num_heads,
+                                     self.pos_scaling)
+        image_text = q_image @ k_text.transpose(1, 2)  # (H, P, L)
+        text_image = q_text @ k_image.transpose(1, 2)  # (H, L, P)
+        text_text = q_text @ k_text.transpose(1, 2)  # (H, L, L)
+        P, biases = image_pos.shape[0], []
+        for i, image_block in enumerate(image_blocks):
+            bias = text_text.new_empty(self.num_heads, P + L, P + L)
+            bias[:, :P, :P] = image_block
+            bias[:, :P, P:] = image_text
+            bias[:, P:, :P] = text_image
+            bias[:, P:, P:] = text_text + rel_bias(self.token_rel_pos_table_list[self._table(i)],
+                                                   self.token_rp_bucket[:L, :L])
+            biases.append(bias)
+        return biases, torch.cat([image_pos, text_pos], dim=0)
 
     def forward(self, input_ids: torch.Tensor, patch_images: torch.Tensor | None = None,
                 patch_masks: torch.Tensor | None = None, image_features: torch.Tensor | None = None
@@ -398,7 +442,6 @@ class OFAEncoder(nn.Module):
         B, L = input_ids.shape
         h, w = image_features.shape[-2:]
         P = h * w
-        image_ids = image_position_ids(h, w, self.config.image_bucket_size, input_ids.device)  # (P,)
 
         x = torch.cat([self._embed_image(image_features), self._embed_text(input_ids)], dim=1)  # (B, S, C)
         x = F.dropout(x, self.config.dropout, self.training)
@@ -410,15 +453,10 @@ class OFAEncoder(nn.Module):
         if has_padding:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
 
-        text_pos = self.pos_ln(self.embed_positions(torch.arange(L, device=x.device)))  # (L, C)
-        image_pos = self.image_pos_ln(self.embed_image_positions(image_ids))  # (P, C)
-        pos = torch.cat([image_pos, text_pos], dim=0)  # (S, C)
-        abs_bias = position_bias(self.pos_q_linear, self.pos_k_linear, pos, pos, self.num_heads, self.pos_scaling)
+        biases, pos = self._self_attn_biases(h, w, L, x.device)
         key_mask = padding_mask[:, None, None, :] if has_padding else None  # (B, 1, 1, S)
-
-        for i, layer in enumerate(self.layers):
-            bias = masked_bias(self._self_attn_bias(i, image_ids, L, abs_bias).unsqueeze(0), key_mask)
-            x = _run_layer(layer, self.gradient_checkpointing, x, bias)
+        for layer, bias in zip(self.layers, biases):
+            x = _run_layer(layer, self.gradient_checkpointing, x, masked_bias(bias.unsqueeze(0), key_mask))
         return EncoderOutput(self.layer_norm(x), padding_mask, pos)
 
 
