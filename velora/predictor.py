@@ -86,6 +86,8 @@ class Predictor:
         self.answer_ids = torch.tensor(answer_token_ids(tokenizer), device=device)
         self.description = description
         self.base_dir = base_dir  # where the base weights came from (adapters added later must fit it)
+        # oneDNN's convolutions get slower per image beyond a few images on CPU (caches); GPUs want them all at once
+        self.image_batch = 4 if device.type == "cpu" else 64
 
     # -- construction ------------------------------------------------------------------------------------------
 
@@ -173,7 +175,8 @@ class Predictor:
         first = {k: images[keys.index(k)] for k in unique}
         pixels = torch.stack([image_to_tensor(load_image(first[k]), self.preprocess) for k in unique])
         pixels = pixels.to(self.device, self.dtype)
-        features = self.model.image_features(pixels)  # (U, 1024, h, w), one per distinct image
+        features = torch.cat([self.model.image_features(chunk)  # (U, 1024, h, w), one per distinct image
+                              for chunk in pixels.split(self.image_batch)])
         features = features[torch.tensor([unique.index(k) for k in keys], device=self.device)]  # (B, 1024, h, w)
         text = collate_prompts(prompts)
         logits = self.model.score_answers(text.input_ids.to(self.device), text.decoder_input_ids.to(self.device),
