@@ -1,6 +1,6 @@
 """OFA (Wang et al., ICML 2022) for visual entailment: a ResNet stem and a pre-norm transformer encoder-decoder.
 
-Modules in forward order: ResNet stem, position buckets, attention, encoder layer, decoder layer, encoder,
+Modules in forward order: ResNet stem (`velora.ofa.resnet`), position buckets, attention, encoder layer, decoder layer, encoder,
 decoder, model. Module and parameter names follow the released checkpoints exactly, so a hub state_dict loads
 key for key (see `velora.ofa.checkpoint`).
 
@@ -27,106 +27,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from velora.ofa.config import RESNET_LAYERS, OFAConfig
-
-# ----------------------------------------------------------------------------------------------------------------
-# ResNet stem (stages 1-3 only: stride 16, 1024 channels)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drops the whole residual branch of a sample with probability `p` while training."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-
-def _drop_path_rates(max_rate: float, n: int) -> list[float]:
-    """Linearly increasing rates 0..max_rate (plain floats: no tensor, so meta-device init works)."""
-    return [max_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
-
-
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 drop_path: float = 0.0):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(identity + self.drop_path(out))
-
-
-class ResNet(nn.Module):
-    """(B, 3, H, W) image -> (B, 1024, H/16, W/16) feature map."""
-
-    def __init__(self, layers: tuple[int, int, int], drop_path_rate: float = 0.0):
-        super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(64, layers[0], stride=1, drop_path_rate=drop_path_rate)
-        self.layer2 = self._make_layer(128, layers[1], stride=2, drop_path_rate=drop_path_rate)
-        self.layer3 = self._make_layer(256, layers[2], stride=2, drop_path_rate=drop_path_rate)
-
-    def _make_layer(self, planes: int, blocks: int, stride: int, drop_path_rate: float) -> nn.Sequential:
-        out_planes = planes * Bottleneck.expansion
-        downsample = None
-        if stride != 1 or self.inplanes != out_planes:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, out_planes, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_planes),
-            )
-        rates = _drop_path_rates(drop_path_rate, blocks)
-        layers = [Bottleneck(self.inplanes, planes, stride, downsample)]  # the first block never drops (as OFA)
-        self.inplanes = out_planes
-        layers += [Bottleneck(self.inplanes, planes, drop_path=rates[i]) for i in range(1, blocks)]
-        return nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.conv1.weight.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
-        return self.layer3(self.layer2(self.layer1(x)))  # (B, 1024, H/16, W/16)
-
-    @torch.no_grad()
-    def fuse_for_inference_(self) -> "ResNet":
-        """Inference only: fold every (eval-mode) BatchNorm into the convolution before it, and store weights
-        channels-last, the layout oneDNN convolutions run fastest in. Same outputs up to float rounding."""
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-        pairs = [(self, "conv1", "bn1")]
-        for layer in (self.layer1, self.layer2, self.layer3):
-            for block in layer:
-                pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
-                if block.downsample is not None:
-                    pairs.append((block.downsample, "0", "1"))
-        for module, conv, bn in pairs:
-            setattr(module, conv, fuse_conv_bn_eval(getattr(module, conv).eval(), getattr(module, bn).eval()))
-            setattr(module, bn, nn.Identity())
-        return self.to(memory_format=torch.channels_last)
-
+from velora.ofa.resnet import DropPath, ResNet, drop_path_rates
 
 # ----------------------------------------------------------------------------------------------------------------
 # Relative-position buckets (derived from the config; checkpoints may or may not carry them)
@@ -359,7 +260,7 @@ class OFAEncoder(nn.Module):
         self.image_pos_ln = nn.LayerNorm(d)
         self.pos_q_linear = nn.Linear(d, d)
         self.pos_k_linear = nn.Linear(d, d)
-        rates = _drop_path_rates(config.encoder_drop_path_rate, config.encoder_layers)
+        rates = drop_path_rates(config.encoder_drop_path_rate, config.encoder_layers)
         self.layers = nn.ModuleList([EncoderLayer(config, rates[i]) for i in range(config.encoder_layers)])
         self.layer_norm = nn.LayerNorm(d)
         tables = 1 if config.share_attn_bias else config.encoder_layers
@@ -471,7 +372,7 @@ class OFADecoder(nn.Module):
         self.gradient_checkpointing = False
 
         self.embed_tokens = embed_tokens
-        rates = _drop_path_rates(config.decoder_drop_path_rate, config.decoder_layers)
+        rates = drop_path_rates(config.decoder_drop_path_rate, config.decoder_layers)
         self.layers = nn.ModuleList([DecoderLayer(config, rates[i]) for i in range(config.decoder_layers)])
         self.layernorm_embedding = nn.LayerNorm(d) if config.layernorm_embedding else None
         self.embed_positions = nn.Embedding(config.max_position_embeddings + 2, d)
