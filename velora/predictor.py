@@ -23,6 +23,8 @@ from velora.ofa.model import OFAModel
 from velora.ofa.preprocess import (PreprocessConfig, answer_token_ids, collate_prompts, encode_prompt,
                                    image_to_tensor, load_tokenizer)
 
+_POSITION_MODULES = ("pos_q_linear", "pos_k_linear", "pos_ln", "image_pos_ln", "embed_image_positions",
+                     "image_rel_pos_table_list")
 BASE = "base"  # adapter name that means "the base model, adapters off"
 DEFAULT_ADAPTER = "default"
 
@@ -88,6 +90,8 @@ class Predictor:
         self.base_dir = base_dir  # where the base weights came from (adapters added later must fit it)
         # oneDNN's convolutions get slower per image beyond a few images on CPU (caches); GPUs want them all at once
         self.image_batch = 4 if device.type == "cpu" else 64
+        if self.peft_model is not None:
+            self._check_bias_cache()
 
     # -- construction ------------------------------------------------------------------------------------------
 
@@ -115,6 +119,7 @@ class Predictor:
         model.to(device=device, dtype=dtype)
         if fuse_resnet:
             model.encoder.embed_images.fuse_for_inference_()
+        model.encoder.image_bias_cache = {}  # the image-image attention bias, computed once per image size
         # an adapter records the preprocessing it was trained with; otherwise the base model's applies
         trained_with = adapter_dir if adapter_dir and (adapter_dir / "configuration.json").exists() else base_dir
         preprocess = PreprocessConfig.from_model_dir(trained_with, image_size=image_size)
@@ -130,6 +135,13 @@ class Predictor:
             raise VeloraError(f"adapter name {name!r} is already loaded")
         self.peft_model = attach_adapter(self.model, adapter_dir, name, self.base_dir, self.peft_model)
         self.model.to(device=self.device, dtype=self.dtype)
+        self._check_bias_cache()
+
+    def _check_bias_cache(self) -> None:
+        """The cached position bias is valid only while no adapter changes the position modules."""
+        if any(".lora_" in name and any(f".{m}" in name for m in _POSITION_MODULES)
+               for name, _ in self.model.named_modules()):
+            self.model.encoder.image_bias_cache = None
 
     @property
     def adapter_names(self) -> list[str]:
@@ -178,11 +190,24 @@ class Predictor:
         features = torch.cat([self.model.image_features(chunk)  # (U, 1024, h, w), one per distinct image
                               for chunk in pixels.split(self.image_batch)])
         features = features[torch.tensor([unique.index(k) for k in keys], device=self.device)]  # (B, 1024, h, w)
-        text = collate_prompts(prompts)
-        logits = self.model.score_answers(text.input_ids.to(self.device), text.decoder_input_ids.to(self.device),
-                                          text.answer_positions.to(self.device), self.answer_ids,
-                                          image_features=features)
-        return logits.float().softmax(-1).cpu()
+        probs = torch.empty(len(prompts), self.answer_ids.numel())
+        for rows in self._text_groups(prompts):
+            text = collate_prompts([prompts[i] for i in rows])
+            logits = self.model.score_answers(text.input_ids.to(self.device), text.decoder_input_ids.to(self.device),
+                                              text.answer_positions.to(self.device), self.answer_ids,
+                                              image_features=features[rows])
+            probs[rows] = logits.float().softmax(-1).cpu()
+        return probs
+
+    def _text_groups(self, prompts: list[list[int]]) -> list[list[int]]:
+        """Rows scored together. On CPU, only prompts of one length: padding would cost a (B, H, S, S) attention
+        mask per layer, while 900+ tokens per sample already keep the matrix units busy. GPUs want one batch."""
+        if self.device.type != "cpu":
+            return [list(range(len(prompts)))]
+        groups: dict[int, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            groups.setdefault(len(prompt), []).append(i)
+        return list(groups.values())
 
     def _adapter(self, name: str | None):
         """Context selecting which adapter scores: None = the default (first loaded), BASE = adapters off."""
