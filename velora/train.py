@@ -223,6 +223,7 @@ def train(args: TrainArguments) -> dict:
         if "validation" in dataset and len(dataset["validation"]) else None
     if args.data.cache_image_features and feature_cache_allowed(peft_model):
         store.cache_features(model, args.training.device)
+    model.encoder.image_bias_cache = {}  # used only while the position weights are frozen (LoRA)
     collator = VECollator(store, torch.tensor(answer_token_ids(tokenizer)))
     args.training.eval_on_start = eval_set is not None and resume is None  # the base model's baseline at step 0
     if eval_set is None:

@@ -247,7 +247,7 @@ class OFAEncoder(nn.Module):
         self.embed_scale = math.sqrt(d) if config.scale_embedding else 1.0
         self.pos_scaling = (d / heads * config.attn_scale_factor) ** -0.5
         self.gradient_checkpointing = False
-        self.image_bias_cache: dict | None = None  # inference only: see _image_position_terms
+        self.image_bias_cache: dict | None = None  # None: off; see _image_position_terms
 
         self.embed_tokens = embed_tokens
         self.type_embedding = nn.Embedding(2, d) if config.add_type_embedding else None  # 0 text, 1 image
@@ -291,9 +291,10 @@ class OFAEncoder(nn.Module):
 
     def _image_position_terms(self, h: int, w: int, device: torch.device) -> tuple:
         """What no text changes: image positions (P, C), their query/key projections (H, P, hs) and the image-image
-        block of every layer's bias (absolute + relative). Kept in `image_bias_cache` when that is enabled
-        (inference: it holds layers x H x P x P floats, and assumes the weights no longer change)."""
-        use_cache = self.image_bias_cache is not None and not torch.is_grad_enabled()
+        block of every layer's bias (absolute + relative). Kept in `image_bias_cache` when that is enabled and
+        these weights are not training (LoRA training, inference); it holds layers x H x P x P floats."""
+        use_cache = self.image_bias_cache is not None and not (
+            torch.is_grad_enabled() and any(p.requires_grad for p in self._image_position_parameters()))
         key = (h, w, device, self.embed_image_positions.weight.dtype)
         if use_cache and key in self.image_bias_cache:
             return self.image_bias_cache[key]
@@ -308,6 +309,11 @@ class OFAEncoder(nn.Module):
         if use_cache:
             self.image_bias_cache[key] = terms
         return terms
+
+    def _image_position_parameters(self):
+        for module in (self.embed_image_positions, self.image_pos_ln, self.pos_q_linear, self.pos_k_linear,
+                       self.image_rel_pos_table_list):
+            yield from module.parameters()
 
     def _table(self, layer: int) -> int:
         return 0 if self.config.share_attn_bias else layer
