@@ -82,13 +82,14 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return sorted((p for p in found if (p / COMPLETE_MARKER).exists()), key=lambda p: int(p.name.split("-")[-1]))
 
 
-def resolve_resume(output_dir: Path, resume: str | None) -> str | None:
+def resolve_resume(output_dir: Path, resume: str | None, remove_partial: bool = True) -> str | None:
     """`auto`: the newest complete checkpoint (None if there is none); a path must be complete. Checkpoints cut off
     by a kill are removed, so nothing can mistake them for complete ones."""
     if not resume:
         return None
     complete = complete_checkpoints(output_dir) if output_dir.exists() else []
-    for partial in set(output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")) - set(complete) if output_dir.exists() else ():
+    partials = set(output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")) - set(complete) if output_dir.exists() else set()
+    for partial in partials if remove_partial else ():
         print(f"Removing {partial}: its save was cut off before completing")
         shutil.rmtree(partial, ignore_errors=True)
     if resume == "auto":
@@ -205,9 +206,12 @@ def trainable_summary(peft_model) -> str:
 def train(args: TrainArguments) -> dict:
     """Run the whole recipe; returns the metrics written to OUTPUT/metrics.json."""
     output_dir = Path(args.training.output_dir)
-    resume = resolve_resume(output_dir, args.training.resume_from_checkpoint)
-    check_output_dir(output_dir, args.run, resuming=resume is not None)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    first = args.training.process_index == 0  # with torchrun, only the first process touches OUTPUT_DIR's contents
+    with args.training.main_process_first(desc="preparing the output directory"):
+        resume = resolve_resume(output_dir, args.training.resume_from_checkpoint, remove_partial=first)
+        if first:
+            check_output_dir(output_dir, args.run, resuming=resume is not None)
+            output_dir.mkdir(parents=True, exist_ok=True)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "runs")
 
     set_seed(args.training.seed)  # the LoRA initialisation too
@@ -216,7 +220,8 @@ def train(args: TrainArguments) -> dict:
     tokenizer = load_tokenizer(model_dir)
     preprocess = PreprocessConfig.from_model_dir(model_dir, image_size=args.model.image_size)
 
-    dataset = load_data(args, output_dir)
+    with args.training.main_process_first(desc="converting the training file"):
+        dataset = load_data(args, output_dir)
     store, index = ImageStore(preprocess, []), {}
     train_set = build_split(dataset["train"], "train", tokenizer, preprocess, store, index)
     eval_set = build_split(dataset["validation"], "validation", tokenizer, preprocess, store, index) \
