@@ -6,6 +6,7 @@ command-line flags override it, and each override is reported.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,7 +23,8 @@ BASE_LEARNING_RATE, BASE_BATCH = 2e-4, 4  # the guide's rule: 2e-4 at an effecti
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(default=DEFAULT_MODEL_ID, metadata={
-        "help": "Base OFA model: hub id or local directory in the hub layout."})
+        "help": "Base OFA model: hub id or local directory in the hub layout (default: $VELORA_MODEL, else the "
+                "ModelScope VE model)."})
     image_size: int | None = field(default=None, metadata={
         "help": "Image size in px (default: the model's configuration.json, else 480). Smaller is faster."})
 
@@ -196,6 +198,8 @@ def parse_train_args(argv: list[str]) -> TrainArguments:
 
 def _finish(args: TrainArguments, auto_lr: bool, given: dict[str, str]) -> None:
     t = args.training
+    if "model_name_or_path" not in given and os.environ.get("VELORA_MODEL"):
+        args.model.model_name_or_path = os.environ["VELORA_MODEL"]
     t.label_names = ["labels"]
     if "dataloader_pin_memory" not in given and not torch.cuda.is_available():
         t.dataloader_pin_memory = False
