@@ -59,7 +59,7 @@ PLANS = {
     ("small", "quick"): Plan(train_images=24, test_images=8, lora_steps=4, lora_batch=8, lora_lr=3e-3,
                              image_size=64, pretrain_images=24, pretrain_steps=4),
     # OFA-large on a CPU: 256 px instead of 480 and a small task, to stay within minutes
-    ("real", "full"): Plan(train_images=40, test_images=20, lora_steps=60, lora_batch=4, lora_lr=5e-4,
+    ("real", "full"): Plan(train_images=24, test_images=12, lora_steps=30, lora_batch=4, lora_lr=5e-4,
                            image_size=256),
     ("real", "quick"): Plan(train_images=8, test_images=4, lora_steps=2, lora_batch=2, lora_lr=5e-4,
                             image_size=256),
