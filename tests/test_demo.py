@@ -32,7 +32,10 @@ def test_demo_on_the_small_base_measures_the_gain_it_prints(tmp_path):
     assert summary["gain"] == pytest.approx(evaluated["delta"]["accuracy"])
     test_rows = list(csv.DictReader(open(summary["test_csv"])))
     assert summary["test_examples"] == evaluated["examples"] == len(test_rows)
-    assert sum(k["examples"] for k in summary["by_kind"].values()) == len(test_rows)
+    kinds = summary["by_kind"].values()
+    assert sum(k["examples"] for k in kinds) == len(test_rows)
+    for which in ("base_accuracy", "tuned_accuracy"):
+        assert sum(k[which] * k["examples"] for k in kinds) / len(test_rows) == pytest.approx(summary[which])
     assert f"({100 * summary['gain']:+.1f} points" in output
 
     train_images = {r["image_path"] for r in csv.DictReader(open(out / "data/task_b_train/task_b_train.csv"))}

@@ -224,20 +224,19 @@ def pick_example(test_csv: Path) -> dict:
     return {**row, "image_path": str(test_csv.parent / row["image_path"])}
 
 
-def accuracy_by_kind(predictor, examples) -> dict:
-    """Base and tuned accuracy for each kind of hypothesis in the test CSV's `kind` column."""
-    from velora.data import ExampleSet, metadata_of
-    from velora.evaluate import evaluate
+def accuracy_by_kind(examples, result) -> dict:
+    """Base and tuned accuracy for each kind of hypothesis (the test CSV's `kind` column), from `result`'s
+    per-example predictions."""
+    from velora.data import metadata_of
 
     columns = {"metadata": examples.dataset["metadata"]}
     kinds = [metadata_of(columns, i).get("kind", "?") for i in range(len(examples))]
     by_kind = {}
     for name in sorted(set(kinds)):
-        subset = ExampleSet(examples.dataset.select([i for i, k in enumerate(kinds) if k == name]),
-                            f"{examples.source} [{name}]")
-        part = evaluate(predictor, subset, compare_base=True)
-        by_kind[name] = {"examples": len(subset), "base_accuracy": part.base_metrics.accuracy,
-                         "tuned_accuracy": part.metrics.accuracy}
+        rows = [i for i, k in enumerate(kinds) if k == name]
+        accuracy = lambda predictions: sum(predictions[i] == examples.labels[i] for i in rows) / len(rows)  # noqa: E731
+        by_kind[name] = {"examples": len(rows), "base_accuracy": accuracy(result.base_predictions),
+                         "tuned_accuracy": accuracy(result.predictions)}
     return by_kind
 
 
@@ -292,7 +291,7 @@ def run_demo(output_dir: str | Path = "demo_output", quick: bool = False, model_
     result.save_json(output / "eval.json")
     result.plot(output / "confusion_matrix.png")
     _say(result.to_text())
-    by_kind = accuracy_by_kind(predictor, examples)
+    by_kind = accuracy_by_kind(examples, result)
 
     _stage(5, "velora predict --compare_base on one held-out example")
     from velora.predict import predict

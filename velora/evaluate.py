@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -125,6 +125,8 @@ class EvalResult:
     metrics: Metrics
     base_metrics: Metrics | None = None
     note: str | None = None  # rows of the test file left out by the input checks
+    predictions: list[str] = field(default_factory=list, repr=False)  # per example, in test-set order
+    base_predictions: list[str] | None = field(default=None, repr=False)
 
     def deltas(self) -> dict[str, float] | None:
         if self.base_metrics is None:
@@ -200,14 +202,15 @@ def evaluate(predictor: Predictor, test_file: str | os.PathLike | ExampleSet, *,
         raise VeloraError("--compare_base needs a LoRA adapter as --model_path; this is a plain model")
     examples = test_file if isinstance(test_file, ExampleSet) else load_examples(test_file, split)
     y_true = examples.labels
-    probs = score_examples(predictor, examples, batch_size=batch_size, progress=progress, desc="eval")
-    base = None
+    predictions = predicted_labels(score_examples(predictor, examples, batch_size=batch_size, progress=progress,
+                                                  desc="eval"))
+    base, base_predictions = None, None
     if compare_base:
-        base_probs = score_examples(predictor, examples, batch_size=batch_size, adapter=BASE, progress=progress,
-                                    desc="eval (base)")
-        base = compute_metrics(y_true, predicted_labels(base_probs))
-    return EvalResult(predictor.description, examples.source, compute_metrics(y_true, predicted_labels(probs)),
-                      base, examples.dropped_summary())
+        base_predictions = predicted_labels(score_examples(predictor, examples, batch_size=batch_size, adapter=BASE,
+                                                           progress=progress, desc="eval (base)"))
+        base = compute_metrics(y_true, base_predictions)
+    return EvalResult(predictor.description, examples.source, compute_metrics(y_true, predictions), base,
+                      examples.dropped_summary(), predictions, base_predictions)
 
 
 def plot_confusion(result: EvalResult, path: str | os.PathLike) -> Path:
