@@ -1,6 +1,6 @@
 """Runs in the reference venv: a LoRA (PEFT, q_proj/v_proj r=8) training step of ModelScope's OFAModel, scored the
 reference way (full-vocabulary logits at every decoder position, loss on the answer token's logit among the three
-answers). stdin JSON {"model_dir", "batch", "steps"}; prints JSON like bench/train.py's workers."""
+answers). stdin JSON {"model_dir", "batch", "steps", "bf16"}; prints JSON like bench/train.py's workers."""
 
 import json
 import resource
@@ -39,9 +39,10 @@ optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad]
 
 
 def step():
-    logits = model(input_ids=ids, patch_images=images, patch_masks=torch.ones(B, dtype=torch.bool),
-                   decoder_input_ids=dec).logits
-    loss = torch.nn.functional.cross_entropy(logits[torch.arange(B), pos][:, answers], labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=payload.get("bf16", False)):
+        logits = model(input_ids=ids, patch_images=images, patch_masks=torch.ones(B, dtype=torch.bool),
+                       decoder_input_ids=dec).logits
+        loss = torch.nn.functional.cross_entropy(logits[torch.arange(B), pos][:, answers], labels)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -3,7 +3,8 @@
   velora LoRA (q_proj,v_proj r=8) with ResNet features computed once   <- what `velora train` does
   velora LoRA without the feature cache (the frozen ResNet runs every step)
   velora full fine-tuning (every parameter trains)
-  the reference implementation wrapped with PEFT LoRA (shared/oracle venv)
+  velora LoRA with cached features under bf16 autocast (`velora train --bf16 true` on a CPU with AVX-512 BF16/AMX)
+  the reference implementation wrapped with PEFT LoRA (shared/oracle venv), fp32 and under bf16 autocast
 
     python bench/train.py [--batch 4] [--steps 3]
 
@@ -26,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ORACLE_PYTHON, REPO, SHARED, markdown_table, reference_checkpoint  # noqa: E402
 
-CONFIGS = ["lora_cached", "lora_uncached", "full", "reference_peft"]
+CONFIGS = ["lora_cached", "lora_uncached", "full", "lora_cached_bf16", "reference_peft", "reference_peft_bf16"]
+VELORA_CONFIGS = [c for c in CONFIGS if not c.startswith("reference")]
 
 
 def rss_mb() -> float:
@@ -61,18 +63,20 @@ def velora_step_fn(config: str, model_dir: Path, batch: dict):
     else:
         trainable = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1,
                                                      target_modules=["q_proj", "v_proj"]))
+        model.encoder.image_bias_cache = {}  # as `velora train` does: the position weights are frozen
     trainable.train()
     optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=1e-4)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if config == "lora_cached":  # what ImageStore.cache_features does once per image before training
+    if config.startswith("lora_cached"):  # what ImageStore.cache_features does once per image before training
         with torch.inference_mode():
             model.eval()
             inputs["image_features"] = model.image_features(inputs.pop("patch_images")).clone()
             trainable.train()
 
     def step():
-        logits = trainable(**inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.endswith("_bf16")):
+            logits = trainable(**inputs).logits
+            loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -94,9 +98,10 @@ def worker(config: str, model_dir: Path, batch_size: int, image: int, steps: int
 
 
 def run(config: str, model_dir: Path, args) -> dict:
-    if config == "reference_peft":
+    if config.startswith("reference_peft"):
         command = [str(ORACLE_PYTHON), str(REPO / "bench" / "reference_train.py")]
-        payload = {"model_dir": str(model_dir), "batch": args.batch, "steps": args.steps}
+        payload = {"model_dir": str(model_dir), "batch": args.batch, "steps": args.steps,
+                   "bf16": config.endswith("_bf16")}
         env_path = str(SHARED / "oracle")
         result = subprocess.run(command, input=json.dumps(payload), capture_output=True, text=True,
                                 env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"})
@@ -113,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--worker", choices=CONFIGS[:-1])
+    parser.add_argument("--worker", choices=VELORA_CONFIGS)
     args = parser.parse_args()
     model_dir = reference_checkpoint()
     if args.worker:

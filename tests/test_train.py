@@ -243,3 +243,17 @@ def test_ddp_two_processes_match_one(base_model, dataset, tmp_path):
     expected, actual = _adapter(one), _adapter(two)
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-3, atol=1e-5)
+
+
+def test_bf16_autocast_on_cpu_tracks_fp32_and_saves_an_fp32_adapter(trained, base_model, dataset, tmp_path):
+    output = tmp_path / "bf16"
+    main(train_args(base_model, dataset, output, "--max_steps", "40", "--save_steps", "10", "--bf16", "true"))
+    weights = load_file(output / "adapter_model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    def eval_losses(run: Path) -> list[float]:
+        history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+        return [h["eval_loss"] for h in history if "eval_loss" in h]
+
+    bf16, fp32 = eval_losses(output), eval_losses(trained)
+    assert len(bf16) == len(fp32) == 5 and bf16[-1] < 0.8 * bf16[0]
+    assert bf16 == pytest.approx(fp32, rel=0.05)

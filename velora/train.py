@@ -199,6 +199,20 @@ def trainable_summary(peft_model) -> str:
     return f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"
 
 
+def cpu_has_fast_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matmuls run at about twice the fp32 rate (measured in bench/train.py)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def precision_hint(training) -> str | None:
+    """A tip for fp32 training on a CPU that could run bf16 autocast instead."""
+    if training.device.type != "cpu" or training.bf16 or training.fp16 or not cpu_has_fast_bf16():
+        return None
+    return ("Training in fp32 on a CPU with bf16 support: add --bf16 true for bf16 autocast, about 2x faster "
+            "(the adapter is still saved in fp32)")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The recipe
 
@@ -217,6 +231,8 @@ def train(args: TrainArguments) -> dict:
     set_seed(args.training.seed)  # the LoRA initialisation too
     model_dir, model, peft_model = load_base(args.model.model_name_or_path, args.lora)
     print(trainable_summary(peft_model))
+    if hint := precision_hint(args.training):
+        print(hint)
     tokenizer = load_tokenizer(model_dir)
     preprocess = PreprocessConfig.from_model_dir(model_dir, image_size=args.model.image_size)
 
