@@ -210,7 +210,7 @@ def lora_args(base: Path, dataset: Path, output: Path, plan: Plan, given: bool) 
             "--overwrite_output_dir", "--max_steps", str(plan.lora_steps),
             "--per_device_train_batch_size", str(plan.lora_batch), "--learning_rate", str(plan.lora_lr),
             "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.05", "--save_steps", str(every),
-            "--save_total_limit", "1", "--logging_steps", str(every), "--report_to", "none",
+            "--save_total_limit", "1", "--logging_steps", str(max(plan.lora_steps // 20, 1)), "--report_to", "none",
             "--seed", str(plan.seed)]
     return args + (["--image_size", str(plan.image_size)] if given else [])
 
