@@ -131,3 +131,17 @@ def test_the_page_says_what_is_missing_before_sending(page):
     page.set_input_files("#file", files=[{"name": "a.png", "mimeType": "image/png", "buffer": image_bytes(1)}])
     page.click("#check")
     playwright_api.expect(page.locator("#error")).to_contain_text("hypothesis: type the statement")
+
+
+def test_api_docs_render_offline(browser_context, server):
+    """Swagger UI comes from the server itself (swagger-ui-bundle), not a CDN: /docs works on an offline line."""
+    html = httpx.get(f"{server}/docs").text
+    assert "cdn." not in html and "/static-offline-docs/swagger-ui-bundle.js" in html
+    page = browser_context.new_page()
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(server) else None)
+    page.goto(f"{server}/docs")
+    playwright_api.expect(page.locator(".opblock-summary-path", has_text="/check").first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "serve-docs.png"))
+    page.close()
+    assert outside == []

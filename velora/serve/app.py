@@ -17,6 +17,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -112,9 +113,11 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> FastAPI:
     """The app for `settings`. Pass an already-loaded `predictor` (adapters attached) to skip loading at startup;
     it must then be used by this app only."""
-    app = FastAPI(title="velora", version=__version__, lifespan=lifespan,
-                  description="Visual entailment checks with OFA + LoRA adapters: does the image (and premise) "
-                              "entail, contradict, or say nothing about the hypothesis? The web page is at `/`.")
+    # FastAPIOffline: FastAPI whose /docs and /redoc pages load their JavaScript from this server, not a CDN
+    app = FastAPIOffline(title="velora", version=__version__, lifespan=lifespan,
+                         description="Visual entailment checks with OFA + LoRA adapters: does the image (and premise) "
+                                     "entail, contradict, or say nothing about the hypothesis? The web page is at "
+                                     "`/`.")
     app.state.settings = settings
     app.state.predictor = predictor
     app.state.metrics = Metrics(settings.low_confidence)
