@@ -51,7 +51,8 @@ def test_batcher_fills_batches_while_busy_and_splits_by_adapter():
 def test_batcher_a_failing_example_fails_alone():
     calls = []
     batcher = MicroBatcher(recording_predict(calls), max_batch_size=3, max_wait_ms=5000).start()
-    futures = [batcher.submit(job(h)) for h in ("ok1", "boom", "ok2")]
+    with batcher.incoming():  # requests still arriving: the batcher waits for all three, however fast it is
+        futures = [batcher.submit(job(h)) for h in ("ok1", "boom", "ok2")]
     assert futures[0].result(10).prediction.label == "entailment"
     assert futures[2].result(10).batch_size == 1
     with pytest.raises(VeloraError, match="boom"):
