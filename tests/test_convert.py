@@ -301,7 +301,7 @@ def test_convert_split_seed_and_zero_ratio(tmp_path):
     path = F.write_csv(tmp_path / "data" / "d.csv", rows)
     a = convert(path, tmp_path / "a", seed=1)
     b = convert(path, tmp_path / "b", seed=1)
-    c = convert(path, tmp_path / "c", seed=2)
+    convert(path, tmp_path / "c", seed=2)
     z = convert(path, tmp_path / "z", val_ratio=0)
     val = lambda name: list(datasets.load_from_disk(str(tmp_path / name))["validation"]["source_row"])  # noqa: E731
     assert val("a") == val("b") != val("c")

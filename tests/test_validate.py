@@ -123,8 +123,8 @@ def test_snli_ve_jsonl_with_image_root(tmp_path):
 def test_guide_layout_paths_found_from_working_directory(tmp_path, monkeypatch):
     """The guide puts the CSV in data/ and writes ./data/shoes_001.jpg: not relative to the CSV's folder."""
     F.jpeg(tmp_path / "data" / "shoes_001.jpg")
-    path = F.write_csv(tmp_path / "data" / "my_ve_data.csv",
-                       [["./data/shoes_001.jpg", GOOD_PREMISE, "The product is footwear", "entailment"]])
+    F.write_csv(tmp_path / "data" / "my_ve_data.csv",
+                [["./data/shoes_001.jpg", GOOD_PREMISE, "The product is footwear", "entailment"]])
     monkeypatch.chdir(tmp_path)
     report = validate("data/my_ve_data.csv")
     assert report.kept == 1

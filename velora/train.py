@@ -13,7 +13,6 @@ constrained loss; optional class weights for imbalanced data.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
