@@ -22,13 +22,25 @@ def read_adapter_config(adapter_dir: Path) -> dict:
         raise VeloraError(f"{adapter_dir / 'adapter_config.json'}: unreadable adapter config ({e})") from None
 
 
+def is_adapter_dir(path: Path) -> bool:
+    return (path / "adapter_config.json").exists()
+
+
+def resolve_full_model_dir(model_path: str, advice: str) -> Path:
+    """`model_path` as a full OFA model directory; a LoRA adapter there is refused, with `advice`."""
+    model_dir = resolve_model_dir(model_path)
+    if is_adapter_dir(model_dir):
+        raise VeloraError(f"{model_path} is a LoRA adapter; {advice}")
+    return model_dir
+
+
 def base_dir_for(adapter_dir: Path, base_model: str | None = None) -> Path:
     """The base model directory: `base_model` if given, else the one the adapter names."""
     recorded = read_adapter_config(adapter_dir).get("base_model_name_or_path")
     if base_model is None and not recorded:
         raise VeloraError(f"{adapter_dir}: adapter_config.json names no base model; pass --base_model")
     base = resolve_model_dir(base_model or recorded)
-    if (base / "adapter_config.json").exists():
+    if is_adapter_dir(base):
         raise VeloraError(f"--base_model {base}: is a LoRA adapter, not a base model; pass the model it was "
                           "trained on")
     return base

@@ -25,7 +25,6 @@ from pathlib import Path
 import click
 import torch
 
-from velora.errors import VeloraError
 from velora.synthetic import TASKS, write_task
 
 # The small OFA built when no checkpoint is given: OFA's architecture, scaled down to train in minutes on 2 cores.
@@ -127,13 +126,11 @@ def _rows(csv_path: Path) -> int:
 
 def find_checkpoint(model_path: str | None) -> Path | None:
     """The OFA to build on: `model_path` if given, else the hub cache's copy of the default model, else None."""
-    from velora.hub import DEFAULT_MODEL_ID, find_cached, resolve_model_dir
+    from velora.adapters import resolve_full_model_dir
+    from velora.hub import DEFAULT_MODEL_ID, find_cached
 
     if model_path:
-        path = resolve_model_dir(model_path)
-        if (path / "adapter_config.json").exists():
-            raise VeloraError(f"{model_path} is a LoRA adapter; the demo needs a full OFA model directory as its base")
-        return path
+        return resolve_full_model_dir(model_path, "the demo needs a full OFA model directory as its base")
     return find_cached(DEFAULT_MODEL_ID)
 
 

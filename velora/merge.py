@@ -23,7 +23,7 @@ from velora.errors import VeloraError
 from velora.hub import resolve_model_dir
 from velora.ofa.checkpoint import save_model_dir
 from velora.ofa.model import OFAModel
-from velora.adapters import base_dir_for
+from velora.adapters import base_dir_for, is_adapter_dir
 from velora.predictor import Predictor, pick_dtype
 
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}  # max |probability difference|
@@ -60,7 +60,7 @@ def check_probabilities(predictor: Predictor, adapter: str | None = None) -> tor
 
 def adapter_dir_of(lora_path: str | os.PathLike) -> Path:
     path = resolve_model_dir(lora_path)
-    if not (path / "adapter_config.json").exists():
+    if not is_adapter_dir(path):
         raise VeloraError(f"--lora_path {path}: no adapter_config.json, so not a LoRA adapter "
                           "(run `velora train` first; a full model directory needs no merging)")
     return path
@@ -74,7 +74,7 @@ def tokenizer_dir(*dirs: Path) -> Path | None:
 def source_dirs(model_path: str | os.PathLike, base_model: str | os.PathLike | None = None) -> list[Path]:
     """[adapter dir, base dir] for a LoRA adapter, [model dir] otherwise."""
     model_dir = resolve_model_dir(model_path)
-    if (model_dir / "adapter_config.json").exists():
+    if is_adapter_dir(model_dir):
         return [model_dir, base_dir_for(model_dir, base_model)]
     return [model_dir]
 

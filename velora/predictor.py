@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from velora.errors import VeloraError
-from velora.adapters import attach_adapter, base_dir_for
+from velora.adapters import attach_adapter, base_dir_for, is_adapter_dir
 from velora.hub import resolve_model_dir
 from velora.images import ImageSource, load_image
 from velora.labels import LABELS
@@ -105,7 +105,7 @@ class Predictor:
         model_dir = resolve_model_dir(model_path)
         device = pick_device(device)
         dtype = pick_dtype(dtype, device)
-        adapter_dir = model_dir if (model_dir / "adapter_config.json").exists() else None
+        adapter_dir = model_dir if is_adapter_dir(model_dir) else None
         base_dir = base_dir_for(adapter_dir, base_model) if adapter_dir is not None else model_dir
         model = load_pretrained(base_dir)
         peft_model = None

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from transformers import Trainer, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from velora.adapters import resolve_full_model_dir
 from velora.errors import VeloraError
-from velora.hub import resolve_model_dir
 from velora.labels import LABELS
 from velora.ofa.checkpoint import load_pretrained
 from velora.ofa.preprocess import PreprocessConfig, answer_token_ids, load_tokenizer
@@ -119,10 +119,8 @@ def load_base(model_path: str, lora) -> tuple:
     """The frozen base model with a fresh LoRA adapter on it."""
     from peft import LoraConfig, get_peft_model
 
-    model_dir = resolve_model_dir(model_path)
-    if (model_dir / "adapter_config.json").exists():
-        raise VeloraError(f"{model_path} is a LoRA adapter; train from its base model (or merge it first with "
-                          "`velora merge`)")
+    model_dir = resolve_full_model_dir(model_path, "train from its base model (or merge it first with `velora "
+                                                   "merge`)")
     model = load_pretrained(model_dir)
     targets = [t.strip() for t in lora.lora_target_modules.split(",") if t.strip()]
     config = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
