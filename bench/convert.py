@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from velora.convert import convert
-from velora.validate import check_input
+from velora.convert import check_input, convert
 
 LABELS = ("entailment", "contradiction", "neutral")
 

@@ -19,12 +19,11 @@ from PIL import Image
 
 import data_fixtures as F
 from velora.cli import cli
-from velora.convert import KEEP_FORMATS, convert, features, load_records
-from velora.data_quality import grouped_stratified_split
+from velora.convert import KEEP_FORMATS, REPORT_NAME, convert, features, load_records
+from velora.convert.split import grouped_stratified_split
 from velora.errors import VeloraError
 from velora.images import load_image
 from velora.labels import LABELS
-from velora.validate import REPORT_NAME
 
 GOOD_PREMISE = "A pair of black running shoes on a white background"
 

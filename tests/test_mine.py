@@ -11,12 +11,12 @@ from click.testing import CliRunner
 
 from eval_helpers import read_csv_rows, write_labelled_csv
 from velora.cli import cli
+from velora.convert import check_input
 from velora.data import image_source, load_examples
 from velora.errors import VeloraError
 from velora.labels import LABELS
 from velora.mine import AMBIGUOUS, MISLABELED, mine, select_hard, uncertainty
 from velora.predictor import Predictor
-from velora.validate import check_input
 
 E, C, N = LABELS
 

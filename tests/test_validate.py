@@ -8,10 +8,10 @@ import json
 import pytest
 
 import data_fixtures as F
-from velora.convert import load_records, load_records_with_report, validate
-from velora.data_quality import is_vague_premise
+from velora.convert import load_records, load_records_with_report, read_input, validate
+from velora.convert.image_checks import resolve_image_path
+from velora.convert.quality import is_vague_premise
 from velora.errors import VeloraError
-from velora.validate import read_input, resolve_image_path
 
 GOOD_PREMISE = "A pair of black running shoes on a white background"
 

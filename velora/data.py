@@ -1,9 +1,12 @@
-"""Labelled examples for `eval`, `mine` and `export --eval_file`: read once here, scored through any scorer with the
-Predictor's `probabilities(images, premises, hypotheses, batch_size=...)` interface.
+"""Converted datasets, for every command that reads one: `open_dataset` (a `velora convert` folder, checked),
+`load_training_splits` (`velora train`) and `load_examples` (labelled examples for `eval`, `mine` and
+`export --eval_file`, scored through any scorer with the Predictor's `probabilities(images, premises, hypotheses,
+batch_size=...)` interface).
 
 A source is either a dataset directory written by `velora convert` (a DatasetDict with train/validation, or a single
-saved Dataset) or a CSV/JSONL file, checked on the fly by `velora.convert.load_records_with_report` exactly as
-`velora convert` would check it (rows it drops are counted, never hidden).
+saved Dataset) or, for `load_examples`, a CSV/JSONL file, checked on the fly by
+`velora.convert.load_records_with_report` exactly as `velora convert` would check it (rows it drops are counted,
+never hidden).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from velora.convert import load_records_with_report
 from velora.errors import VeloraError
 from velora.images import load_image
 from velora.labels import LABELS, normalize_label
@@ -32,7 +36,7 @@ class ExampleSet:
 
     dataset: Any  # datasets.Dataset
     source: str  # for reports: "data/test.csv" or "data/hf_dataset [validation]"
-    dropped: list = field(default_factory=list)  # velora.data_quality.RowIssue per CSV/JSONL row the checks left out
+    dropped: list = field(default_factory=list)  # velora.convert.RowIssue per CSV/JSONL row the checks left out
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -64,16 +68,56 @@ def _label_name(dataset, value, where: str) -> str:
     return label
 
 
-def _load_dataset_dir(path: Path, split: str) -> tuple[Any, str]:
-    from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
+def _check_split(split, where: str) -> None:
+    """velora's columns, and velora's three label names when `label` is a ClassLabel."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in split.column_names]
+    if missing:
+        raise VeloraError(f"{where}: missing column(s) {', '.join(missing)}; a velora dataset has "
+                          f"{', '.join(REQUIRED_COLUMNS)} (make one with `velora convert`)")
+    names = getattr(split.features["label"], "names", None)
+    unknown = [n for n in names or () if normalize_label(n) is None]
+    if unknown:
+        raise VeloraError(f"{where}: label set {names} does not match {list(LABELS)} (unknown: {unknown}); "
+                          "convert the data with `velora convert`")
 
+
+def open_dataset(path: str | os.PathLike):
+    """A folder written by `velora convert` (a DatasetDict, or a single saved Dataset), every split checked for
+    velora's columns and label names. Raises VeloraError naming the folder and the fix."""
+    from datasets import DatasetDict, load_from_disk  # deferred: datasets takes ~1 s to import
+
+    path = Path(path)
+    if not path.is_dir() or not any((path / name).exists() for name in ("dataset_dict.json", "state.json")):
+        what = "no such folder" if not path.exists() else "not a folder" if not path.is_dir() else (
+            "no dataset_dict.json")
+        raise VeloraError(f"{path}: not a dataset made by `velora convert` ({what}); run "
+                          f"`velora convert --csv_path data.csv --output_dir {path}` first")
     try:
         loaded = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as e:
         raise VeloraError(f"{path}: not a dataset saved by `velora convert` ({str(e).splitlines()[0]})") from None
+    for name, split in (loaded.items() if isinstance(loaded, DatasetDict) else [(None, loaded)]):
+        _check_split(split, f"{path} [{name}]" if name else str(path))
+    return loaded
+
+
+def load_training_splits(path: str | os.PathLike):
+    """The DatasetDict `velora train` reads: a `velora convert` folder with a non-empty train split."""
+    from datasets import DatasetDict  # deferred: datasets takes ~1 s to import
+
+    dataset = open_dataset(path)
+    if not isinstance(dataset, DatasetDict) or "train" not in dataset:
+        raise VeloraError(f"{path}: expected train and validation splits (made by `velora convert`)")
+    if len(dataset["train"]) == 0:
+        raise VeloraError(f"{path}: the train split is empty")
+    return dataset
+
+
+def _pick_split(loaded, path: Path, split: str) -> tuple[Any, str]:
+    from datasets import Dataset, concatenate_datasets  # deferred: datasets takes ~1 s to import
+
     if isinstance(loaded, Dataset):
         return loaded, str(path)
-    assert isinstance(loaded, DatasetDict)
     names = list(loaded)
     if split == ALL_SPLITS:
         parts = [loaded[n].add_column("split", [n] * len(loaded[n])) for n in names if len(loaded[n])]
@@ -96,23 +140,17 @@ def load_examples(path: str | os.PathLike, split: str = "validation") -> Example
     `split` picks the split of a DatasetDict ("validation", "train", or "all" for every split with a `split`
     column); it is ignored for a single Dataset and for a CSV/JSONL (all its usable rows).
     """
-    from datasets import Image as ImageFeature
+    from datasets import Image as ImageFeature  # deferred: datasets takes ~1 s to import
 
     path = Path(path)
     if not path.exists():
         raise VeloraError(f"{path}: no such file or dataset directory")
     dropped: list = []
     if path.is_dir():
-        dataset, source = _load_dataset_dir(path, split)
+        dataset, source = _pick_split(open_dataset(path), path, split)
     else:
-        from velora.convert import load_records_with_report
-
         dataset, report = load_records_with_report(path)
         source, dropped = str(path), list(report.dropped)
-    missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
-    if missing:
-        raise VeloraError(f"{source}: missing column(s) {', '.join(missing)}; a velora dataset has "
-                          f"{', '.join(REQUIRED_COLUMNS)} (make one with `velora convert`)")
     if len(dataset) == 0:
         raise VeloraError(f"{source}: no examples")
     if isinstance(dataset.features["image"], ImageFeature):

@@ -1,151 +1,21 @@
-"""`velora convert`: a user's CSV or JSONL of image-text pairs -> a checked Hugging Face dataset.
-
-velora.validate reads and checks every row and image (nothing is dropped silently); this module splits the kept
-rows (grouped by image, stratified by label) and writes them:
-
-    build_dataset(records)      -> datasets.Dataset with `features()`, original image bytes embedded
-    convert(...)                -> DatasetDict (train, validation) written atomically + conversion_report.json
-    load_records(...)           -> one in-memory Dataset, for `velora train/eval` on a CSV directly
-"""
+"""`velora convert`: check the input, split the kept rows (grouped by image, stratified by label) and write a
+DatasetDict atomically, with conversion_report.json inside it; `load_records` for a CSV/JSONL loaded in memory
+(`velora train --train_file`, `velora eval --test_file`)."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import json
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
-from typing import Any, Iterator, Sequence
 
-from velora.data_quality import QualityWarning, grouped_stratified_split, plural
+from velora.convert.check import check_input
+from velora.convert.dataset import quiet_datasets, build_dataset
+from velora.convert.issues import QualityWarning, plural
+from velora.convert.report import REPORT_NAME, ConversionReport, split_summary
+from velora.convert.split import grouped_stratified_split
 from velora.errors import VeloraError
-from velora.images import DEFAULT_MAX_PIXELS, load_image
-from velora.labels import LABELS
-from velora.validate import (  # noqa: F401  (re-exported: the stage's whole API is importable from here)
-    FIELDS,
-    REPORT_NAME,
-    CheckedInput,
-    ConversionReport,
-    Record,
-    _label_counts,
-    check_input,
-    read_input,
-    validate,
-)
-
-# Formats whose original bytes are embedded as they are; anything else Pillow reads is re-encoded as PNG.
-KEEP_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
-
-
-def features():
-    """The columns of every velora dataset (convert output, load_records)."""
-    from datasets import ClassLabel, Features, Image as ImageFeature, Value
-
-    return Features(
-        {
-            "image": ImageFeature(),
-            "premise": Value("string"),
-            "hypothesis": Value("string"),
-            "label": ClassLabel(names=list(LABELS)),
-            "source_row": Value("int64"),
-            "metadata": Value("string"),  # JSON object of the input's extra columns/keys, "{}" when none
-        }
-    )
-
-
-# --- writing -----------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet_datasets():
-    """datasets' own progress bars would duplicate ours."""
-    import datasets
-    from datasets.utils import logging as ds_logging
-
-    was_disabled = datasets.are_progress_bars_disabled()
-    verbosity = ds_logging.get_verbosity()
-    datasets.disable_progress_bars()
-    ds_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        ds_logging.set_verbosity(verbosity)
-        if not was_disabled:
-            datasets.enable_progress_bars()
-
-
-def _image_bytes(record: Record, max_pixels: int) -> bytes:
-    data = Path(record.image_file).read_bytes()
-    if hashlib.sha256(data).hexdigest() != record.image_key:
-        raise VeloraError(f"{record.image_file} (line {record.line}) changed while converting; run the command again")
-    if record.image_format in KEEP_FORMATS:
-        return data
-    buffer = io.BytesIO()
-    load_image(io.BytesIO(data), max_pixels=max_pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-BATCH_ROWS = 1000
-BATCH_BYTES = 64 * 2**20  # image bytes held in memory per Arrow record batch
-
-
-def _batches(records: Sequence[Record], max_pixels: int, progress: bool) -> Iterator[dict[str, list]]:
-    from tqdm.auto import tqdm
-
-    columns: dict[str, list] = {name: [] for name in features()}
-    size = 0
-    with tqdm(total=len(records), desc="Embedding images", unit="row", disable=not progress or not records) as bar:
-        for r in records:
-            data = _image_bytes(r, max_pixels)
-            columns["image"].append({"bytes": data, "path": str(r.image_file)})
-            columns["premise"].append(r.premise)
-            columns["hypothesis"].append(r.hypothesis)
-            columns["label"].append(LABELS.index(r.label))
-            columns["source_row"].append(r.line)
-            columns["metadata"].append(json.dumps(r.metadata, ensure_ascii=False))
-            size += len(data)
-            if len(columns["image"]) >= BATCH_ROWS or size >= BATCH_BYTES:
-                bar.update(len(columns["image"]))
-                yield columns
-                columns, size = {name: [] for name in columns}, 0
-        if columns["image"]:
-            bar.update(len(columns["image"]))
-            yield columns
-
-
-def build_dataset(
-    records: Sequence[Record],
-    work_dir: str | os.PathLike,
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    keep_in_memory: bool = False,
-    progress: bool = False,
-):
-    """Checked records -> datasets.Dataset with `features()`, each image's (checked) bytes embedded.
-
-    Record batches are streamed to an Arrow file in `work_dir` (bounded memory) whose schema carries the features;
-    the Dataset maps that file, or holds it in memory with `keep_in_memory` (then `work_dir` may be deleted).
-    Written with pyarrow, not through datasets' per-example encoding: faster, and `Image.encode_example` would
-    swap the checked bytes for the path whenever the path names an existing file."""
-    import pyarrow as pa
-    from datasets import Dataset
-
-    schema = features().arrow_schema
-    Path(work_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(work_dir) / f"records-{uuid.uuid4().hex[:12]}.arrow"
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for batch in _batches(records, max_pixels, progress):
-            writer.write_batch(pa.RecordBatch.from_pydict(batch, schema=schema))
-    with _quiet_datasets():
-        return Dataset.from_file(str(path), in_memory=keep_in_memory)
-
-
-def _split_summary(records: Sequence[Record]) -> dict[str, Any]:
-    return {"rows": len(records), "images": len({r.image_key for r in records}), "labels": _label_counts(records)}
+from velora.images import DEFAULT_MAX_PIXELS
 
 
 def _holds_dataset(path: Path) -> bool:
@@ -216,7 +86,7 @@ def convert(
     train_idx, val_idx = grouped_stratified_split([r.label for r in records], [r.image_key for r in records],
                                                   val_ratio, seed)
     splits = {"train": [records[i] for i in train_idx], "validation": [records[i] for i in val_idx]}
-    report.splits = {name: _split_summary(rows) for name, rows in splits.items()}
+    report.splits = {name: split_summary(rows) for name, rows in splits.items()}
     if report.splits["validation"]["rows"] and report.splits["validation"]["rows"] < 20:
         report.warnings.append(QualityWarning(
             "small_validation",
@@ -224,7 +94,7 @@ def convert(
             "noisy",
         ))
 
-    from datasets import DatasetDict
+    from datasets import DatasetDict  # deferred: datasets takes ~1 s to import
 
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.velora-tmp-", dir=output.parent))
@@ -232,7 +102,7 @@ def convert(
         full = build_dataset(records, work / "records", max_pixels=max_pixels, progress=progress)
         dataset = DatasetDict({"train": full.select(train_idx), "validation": full.select(val_idx)})
         staged = work / "dataset"
-        with _quiet_datasets():
+        with quiet_datasets():
             dataset.save_to_disk(str(staged), num_shards={n: 1 for n, rows in splits.items() if len(rows) == 0})
         del dataset, full
         report.output_dir = str(output)

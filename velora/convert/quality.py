@@ -1,18 +1,16 @@
 """Row-level data checks that do not reject anything: duplicates, conflicting labels, and the guide's data-quality
-advice (label balance, vague premises, reused hypotheses, non-English text). Also the image-grouped, label-stratified
-train/validation split.
+advice (label balance, vague premises, reused hypotheses, non-English text).
 
 Everything here is pure: it takes checked records (anything with the attributes used below) and returns findings.
 """
 
 from __future__ import annotations
 
-import random
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from typing import Hashable, Protocol, Sequence
+from typing import Protocol, Sequence
 
+from velora.convert.issues import QualityWarning, RowIssue, examples, plural
 from velora.labels import LABELS
 
 
@@ -22,38 +20,6 @@ class CheckedRow(Protocol):
     hypothesis: str
     label: str
     image_key: str  # identifies the image by content (sha256 of its bytes)
-
-
-@dataclass(frozen=True)
-class RowIssue:
-    """One problem with one input row: `line` is the line where the row starts in the input file."""
-
-    line: int
-    field: str
-    code: str
-    reason: str
-    value: str | None = None
-    related_lines: tuple[int, ...] = ()
-
-    def to_dict(self) -> dict:
-        out = {"line": self.line, "field": self.field, "code": self.code, "reason": self.reason}
-        if self.value is not None:
-            out["value"] = self.value
-        if self.related_lines:
-            out["related_lines"] = list(self.related_lines)
-        return out
-
-
-@dataclass
-class QualityWarning:
-    """A data-quality finding about the whole file; `lines` lists every row it concerns (may be empty)."""
-
-    code: str
-    message: str
-    lines: list[int] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"code": self.code, "message": self.message, "count": len(self.lines), "lines": self.lines}
 
 
 def _norm_text(text: str) -> str:
@@ -136,18 +102,6 @@ def has_cjk(text: str) -> bool:
     return bool(_CJK.search(text))
 
 
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """plural(1, "row") -> "1 row"; plural(3, "row") -> "3 rows"."""
-    return f"{n:,} {word if n == 1 else many or word + 's'}"
-
-
-def _examples(lines: Sequence[int], limit: int = 5) -> str:
-    """'line 4' / 'lines 4, 9, 12 and 3 more'."""
-    shown = ", ".join(str(n) for n in lines[:limit])
-    more = f" and {len(lines) - limit} more" if len(lines) > limit else ""
-    return f"{'line' if len(lines) == 1 else 'lines'} {shown}{more}"
-
-
 def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
     """The guide's data-quality advice, checked on the rows that will be kept."""
     found: list[QualityWarning] = []
@@ -175,7 +129,7 @@ def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
     if cjk:
         found.append(QualityWarning(
             "non_english_text",
-            f"{plural(len(cjk), 'row')} with Chinese/Japanese/Korean text ({_examples(cjk)}); OFA only understands "
+            f"{plural(len(cjk), 'row')} with Chinese/Japanese/Korean text ({examples(cjk)}); OFA only understands "
             "English - translate premises and hypotheses to English first (e.g. with DeepL), as the guide advises",
             cjk,
         ))
@@ -184,7 +138,7 @@ def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
     if vague:
         found.append(QualityWarning(
             "vague_premise",
-            f"{plural(len(vague), 'premise')} ({len(vague) / n:.0%}) very short or vague ({_examples(vague)}); "
+            f"{plural(len(vague), 'premise')} ({len(vague) / n:.0%}) very short or vague ({examples(vague)}); "
             "describe what is visible - colour, position, count, material - rather than 'The object looks nice'",
             vague,
         ))
@@ -193,7 +147,7 @@ def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
     if empty:
         found.append(QualityWarning(
             "empty_premise",
-            f"{plural(len(empty), 'row')} without a premise ({_examples(empty)}): kept, using the model's "
+            f"{plural(len(empty), 'row')} without a premise ({examples(empty)}): kept, using the model's "
             "image-only prompt - fill the premise in if that was not intended",
             empty,
         ))
@@ -202,7 +156,7 @@ def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
     if same:
         found.append(QualityWarning(
             "hypothesis_equals_premise",
-            f"{plural(len(same), 'hypothesis', 'hypotheses')} repeating the premise ({_examples(same)}); "
+            f"{plural(len(same), 'hypothesis', 'hypotheses')} repeating the premise ({examples(same)}); "
             "they teach the model nothing about the image",
             same,
         ))
@@ -215,7 +169,7 @@ def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
         lines = sorted(r.line for group in reused for r in group)
         example = reused[0]
         by_label = "; ".join(
-            f"{label} on {_examples([r.line for r in example if r.label == label], 3)}"
+            f"{label} on {examples([r.line for r in example if r.label == label], 3)}"
             for label in LABELS if any(r.label == label for r in example)
         )
         found.append(QualityWarning(
@@ -227,55 +181,3 @@ def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
             lines,
         ))
     return found
-
-
-# --- split -----------------------------------------------------------------------------------------------------------
-
-
-def _targets(counts: Counter, n: int, total: int) -> dict[str, int]:
-    """Per-label validation sizes proportional to the label counts, summing exactly to `total` (largest remainder)."""
-    raw = {label: counts[label] * total / n for label in counts}
-    targets = {label: int(value) for label, value in raw.items()}
-    leftover = total - sum(targets.values())
-    for label in sorted(raw, key=lambda label: (targets[label] - raw[label], str(label)))[:leftover]:
-        targets[label] += 1
-    return targets
-
-
-def grouped_stratified_split(
-    labels: Sequence[str], groups: Sequence[Hashable], val_ratio: float, seed: int
-) -> tuple[list[int], list[int]]:
-    """Split row indices into (train, validation): every group (image) lands wholly in one split, the validation
-    split holds about `val_ratio` of the rows with the label mix of the whole, and the result depends only on the
-    input order and `seed`. Train is never empty; validation is empty only for val_ratio 0 or a single image."""
-    n = len(labels)
-    order: dict[Hashable, list[int]] = {}
-    for i, g in enumerate(groups):
-        order.setdefault(g, []).append(i)
-    every = list(range(n))
-    if val_ratio <= 0 or len(order) < 2:
-        return every, []
-
-    total = min(n - 1, max(1, round(val_ratio * n)))
-    targets = _targets(Counter(labels), n, total)
-    group_ids = list(order)
-    random.Random(seed).shuffle(group_ids)
-    group_ids.sort(key=lambda g: -len(order[g]))  # stable: big groups first, ties in shuffled order
-
-    in_val: list[Hashable] = []
-    val_counts: Counter = Counter()
-    for g in group_ids:
-        gc = Counter(labels[i] for i in order[g])
-        before = sum(abs(val_counts[c] - t) for c, t in targets.items())
-        after = sum(abs(val_counts[c] + gc[c] - t) for c, t in targets.items())
-        if after < before:
-            in_val.append(g)
-            val_counts += gc
-    if not in_val:  # every group overshoots: take the smallest one
-        in_val.append(min(group_ids, key=lambda g: len(order[g])))
-    if len(in_val) == len(group_ids):
-        in_val.remove(min(in_val, key=lambda g: len(order[g])))
-
-    val = sorted(i for g in in_val for i in order[g])
-    chosen = set(val)
-    return [i for i in every if i not in chosen], val

@@ -1,5 +1,5 @@
 """Reading a user's CSV/JSONL (or SNLI-VE jsonl) into raw rows: header mapping, encodings, delimiters, and a
-RowIssue for every line that cannot become a row. Checking the rows is velora.validate's job."""
+RowIssue for every line that cannot become a row. Checking the rows is velora.convert.rows' job."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from velora.data_quality import RowIssue
+from velora.convert.issues import RowIssue, clip
 from velora.errors import VeloraError
 
 FIELDS = ("image_path", "premise", "hypothesis", "label")  # the guide's CSV header; all four columns must exist
@@ -24,14 +24,6 @@ ALIASES = {
     "hypothesis": ("sentence2",),
     "label": ("gold_label",),
 }
-MAX_VALUE_CHARS = 200  # of a rejected value quoted in the report
-
-
-def _clip(value: object) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 3] + "..."
-
-
 
 
 @dataclass
@@ -155,7 +147,7 @@ def read_csv(path: Path) -> InputTable:
             rows.append(RowIssue(
                 start, "row", "field_count",
                 f"has {len(row)} fields but the header has {width}{spans}{advice}",
-                value=_clip(",".join(row)),
+                value=clip(",".join(row)),
             ))
             continue
         row = row + [""] * (width - len(row))
@@ -193,13 +185,13 @@ def read_jsonl(path: Path) -> InputTable:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             rows.append(RowIssue(number, "row", "bad_json", f"not valid JSON ({e.msg} at column {e.colno})",
-                                 value=_clip(line)))
+                                 value=clip(line)))
             continue
         if not isinstance(obj, dict):
             rows.append(RowIssue(number, "row", "not_an_object",
                                  f"a line must be a JSON object with keys {', '.join(FIELDS)}, "
                                  f"got {type(obj).__name__}",
-                                 value=_clip(line)))
+                                 value=clip(line)))
             continue
         keys = list(obj)
         for k in keys:

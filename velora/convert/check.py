@@ -1,0 +1,134 @@
+"""`velora validate` and the checking half of `velora convert`: every row of a CSV/JSONL and every image, in order
+
+    read_input(path)            -> InputTable: a RawRow per record, or a RowIssue for an unreadable line (reading)
+    parse_row(raw)              -> Record + RowIssues for its text fields and label (rows, pure)
+    check_images(paths, ...)    -> where each image is, a full decode, its sha256, in `num_proc` processes
+    find_duplicates / find_conflicts / quality_warnings                  (quality, pure)
+
+Every input row is either kept or dropped with a reason naming its line, field and what to fix; nothing is dropped
+silently. The result is a CheckedInput: the records to write and a ConversionReport.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from velora.convert.image_checks import ImageCheck, check_images
+from velora.convert.issues import RowIssue
+from velora.convert.quality import find_conflicts, find_duplicates, quality_warnings
+from velora.convert.reading import InputTable, read_input
+from velora.convert.report import ConversionReport, label_counts
+from velora.convert.rows import Record, parse_row
+from velora.errors import VeloraError
+from velora.images import DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class CheckedInput:
+    records: list[Record]  # the rows that will be written, duplicates removed, in input order
+    report: ConversionReport
+
+
+def _image_bases(table: InputTable, image_root: str | os.PathLike | None) -> tuple[Path, Path | None]:
+    """(where relative image paths start, the working directory as a second place to look, or None)."""
+    if image_root is not None:
+        base = Path(image_root)
+        if not base.is_dir():
+            raise VeloraError(f"--image_root {base}: not a directory")
+        return base, None
+    base, cwd = table.path.parent, Path.cwd()
+    return base, None if os.path.abspath(cwd) == os.path.abspath(base) else cwd
+
+
+def _image_ok(issues: list[RowIssue]) -> bool:
+    """No problem with the row's image_path so far (its image is worth checking)."""
+    return not any(i.field == "image_path" for i in issues)
+
+
+def _apply_image_check(record: Record, check: ImageCheck, issues: list[RowIssue], flagged: list[RowIssue]) -> None:
+    if check.error:
+        issues.append(RowIssue(record.line, "image_path", check.code or "bad_image", check.error,
+                               value=record.image_path))
+        return
+    record.image_file = Path(check.file)
+    record.image_key, record.image_format = check.sha256 or "", check.format
+    flagged.extend(RowIssue(record.line, "image_path", code, reason, value=record.image_path)
+                   for code, reason in check.flags)
+
+
+def check_input(
+    input_path: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    num_proc: int = 1,
+    progress: bool = False,
+) -> CheckedInput:
+    """Read and check every row and image; nothing is written. Raises VeloraError for a file-level problem
+    (missing file or columns, not UTF-8); a row-level problem drops that row with a reason in the report."""
+    if num_proc < 1:
+        raise VeloraError(f"--num_proc must be 1 or more, got {num_proc}")
+    table = read_input(input_path)
+    base, cwd = _image_bases(table, image_root)
+
+    dropped: list[RowIssue] = []
+    flagged: list[RowIssue] = []
+    parsed: list[tuple[Record, list[RowIssue]]] = []
+    for raw in table.rows:
+        if isinstance(raw, RowIssue):
+            dropped.append(raw)
+        else:
+            parsed.append(parse_row(raw))
+
+    wanted = [r.image_path for r, issues in parsed if r.image_path and _image_ok(issues)]
+    checks = check_images(wanted, base=base, cwd=cwd, snli=table.format == "snli-ve", max_pixels=max_pixels,
+                          num_proc=num_proc, progress=progress)
+
+    good: list[Record] = []
+    for record, issues in parsed:
+        if _image_ok(issues) and record.image_path in checks:
+            _apply_image_check(record, checks[record.image_path], issues, flagged)
+        if issues:
+            dropped.extend(issues)
+        else:
+            good.append(record)
+
+    keep, duplicates = find_duplicates(good)
+    records = [good[i] for i in keep]
+    flagged.extend(duplicates)
+    flagged.extend(find_conflicts(records))
+    report = ConversionReport(
+        input_path=str(table.path),
+        input_format=table.format,
+        columns=table.columns,
+        metadata_columns=table.metadata_columns,
+        rows_read=len(table.rows),
+        blank_rows=table.blank_lines,
+        kept=len(records),
+        images=len({r.image_key for r in records}),
+        labels=label_counts(records),
+        dropped=sorted(dropped, key=lambda i: i.line),
+        flagged=sorted(flagged, key=lambda i: i.line),
+        warnings=quality_warnings(records),
+        settings={"image_root": str(base), "max_pixels": max_pixels},
+    )
+    return CheckedInput(records, report)
+
+
+def validate(
+    input_path: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    num_proc: int = 1,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    report_path: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> ConversionReport:
+    """The checks of `convert`, writing nothing but the report (when `report_path` is given)."""
+    report = check_input(input_path, image_root=image_root, max_pixels=max_pixels, num_proc=num_proc,
+                         progress=progress).report
+    if report_path is not None:
+        report.save(report_path)
+    return report
