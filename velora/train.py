@@ -25,6 +25,8 @@ from transformers import Trainer, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from velora.adapters import resolve_full_model_dir
+from velora.convert import convert
+from velora.data import load_training_splits
 from velora.errors import VeloraError
 from velora.labels import LABELS
 from velora.ofa.checkpoint import load_pretrained
@@ -140,12 +142,8 @@ def base_reference(model_path: str, model_dir: Path) -> str:
 
 def load_data(args: TrainArguments, output_dir: Path):
     """The converted dataset: --dataset_name DIR, or --train_file converted now into OUTPUT/dataset."""
-    from datasets import DatasetDict, load_from_disk
-
     data = args.data
     if data.train_file:
-        from velora.convert import convert
-
         target = output_dir / "dataset"
         if not target.exists():
             print(f"Converting {data.train_file} -> {target}")
@@ -157,15 +155,7 @@ def load_data(args: TrainArguments, output_dir: Path):
         path = Path(data.dataset_name)
     else:
         raise VeloraError("no training data: pass --dataset_name DIR (made by `velora convert`) or --train_file CSV")
-    if not (path / "dataset_dict.json").exists():
-        raise VeloraError(f"{path}: not a dataset made by `velora convert` (no dataset_dict.json); run "
-                          f"`velora convert --csv_path data.csv --output_dir {path}` first")
-    dataset = load_from_disk(str(path))
-    if not isinstance(dataset, DatasetDict) or "train" not in dataset:
-        raise VeloraError(f"{path}: expected train and validation splits (made by `velora convert`)")
-    if len(dataset["train"]) == 0:
-        raise VeloraError(f"{path}: the train split is empty")
-    return dataset
+    return load_training_splits(path)
 
 
 def class_weights(choice: str, labels: list[int]) -> torch.Tensor | None:
