@@ -32,10 +32,11 @@ from PIL import Image
 from common import markdown_table
 from velora.export import OnnxPredictor, export_onnx
 from velora.merge import human_size, merge_lora
-from velora.ofa.checkpoint import randomize_, save_model_dir
+from velora.bundle import save_model_dir
+from velora.ofa.checkpoint import load_pretrained, randomize_
 from velora.ofa.config import OFAConfig
 from velora.ofa.model import OFAModel
-from velora.ofa.preprocess import PreprocessConfig
+from velora.ofa.processor import OFAProcessor
 from velora.predictor import Predictor
 
 SLOW_SECONDS = 10.0
@@ -49,13 +50,11 @@ def write_base(directory: Path, image_size: int) -> Path:
     torch.manual_seed(0)
     with torch.device("cpu"):
         model = randomize_(OFAModel(OFAConfig(**OFA_BASE)), seed=0)
-    return save_model_dir(model.eval(), directory, PreprocessConfig(image_size=image_size))
+    return save_model_dir(model.eval(), OFAProcessor.default(image_size=image_size), directory)
 
 
 def write_adapter(base_dir: Path, directory: Path, r: int = 16) -> Path:
     from peft import LoraConfig, get_peft_model
-
-    from velora.ofa.checkpoint import load_pretrained
 
     torch.manual_seed(1)
     peft_model = get_peft_model(load_pretrained(base_dir), LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0,

@@ -19,7 +19,6 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import REPO, best_time, markdown_table, matmul_peak_gflops, reference_checkpoint, run_reference
-from velora.ofa.preprocess import collate_prompts, encode_prompt, image_to_tensor
 from velora.predictor import Predictor
 
 PAIRS = [
@@ -56,12 +55,10 @@ def count_flops(predictor: Predictor, example) -> float:
 
 def prepared_tensors(predictor: Predictor, images, premises, hypotheses, path: Path) -> Path:
     """The exact tensors velora scores, for the reference to score too."""
-    prompts = [encode_prompt(predictor.tokenizer, h, p, predictor.preprocess) for p, h in zip(premises, hypotheses)]
-    text = collate_prompts(prompts)
-    pixels = torch.stack([image_to_tensor(im, predictor.preprocess) for im in images])
-    torch.save({"input_ids": text.input_ids, "decoder_input_ids": text.decoder_input_ids,
-                "answer_positions": text.answer_positions, "patch_images": pixels,
-                "answer_ids": predictor.answer_ids.tolist()}, path)
+    batch = predictor.processor(images, premises, hypotheses)
+    torch.save({"input_ids": batch["input_ids"], "decoder_input_ids": batch["decoder_input_ids"],
+                "answer_positions": batch["answer_positions"], "patch_images": batch["patch_images"],
+                "answer_ids": predictor.processor.answer_ids}, path)
     return path
 
 
@@ -114,7 +111,7 @@ def main() -> None:
     add_row("velora int8 dynamic batch 4", seconds, int8_diff)
 
     print(f"machine: {torch.get_num_threads()} threads, fp32 matmul peak {peak:.1f} GFLOP/s (2048^3, measured now)")
-    tokens = len(encode_prompt(predictor.tokenizer, PAIRS[0][1], PAIRS[0][0], predictor.preprocess))
+    tokens = len(predictor.processor.encode_text(PAIRS[0][1], PAIRS[0][0]))
     print(f"FLOPs per sample (one 480 px image, a {tokens}-token prompt; matmuls, convolutions, attention): "
           f"{flops_per_sample / 1e9:.1f} GFLOP")
     print(markdown_table(["run", "samples/s", "s/sample", "GFLOP/s", "% of peak", "max |Δp| vs reference"], rows))

@@ -43,17 +43,18 @@ PRESETS = {
 def checkpoint(preset: str) -> Path:
     import torch
 
-    from velora.ofa.checkpoint import randomize_, save_model_dir
+    from velora.bundle import save_model_dir
+    from velora.ofa.checkpoint import randomize_
     from velora.ofa.config import OFAConfig
     from velora.ofa.model import OFAModel
-    from velora.ofa.preprocess import PreprocessConfig
+    from velora.ofa.processor import OFAProcessor
 
     out = Path(tempfile.gettempdir()) / "velora-bench-serve" / preset
     if not (out / "config.json").exists():
         config, image_size = PRESETS[preset]
         torch.manual_seed(0)
         model = randomize_(OFAModel(OFAConfig(**config)), seed=0).eval()
-        save_model_dir(model, out, PreprocessConfig(image_size=image_size))
+        save_model_dir(model, OFAProcessor.default(image_size=image_size), out)
     return out
 
 

@@ -36,18 +36,15 @@ def rss_mb() -> float:
 
 
 def make_batch(batch: int, image: int, tokenizer_dir: Path) -> dict:
-    from velora.ofa.preprocess import PreprocessConfig, collate_prompts, encode_prompt, load_tokenizer
+    from velora.ofa.processor import OFAProcessor
 
-    tokenizer = load_tokenizer(tokenizer_dir)
+    processor = OFAProcessor.from_pretrained(tokenizer_dir)
     pairs = [("a man in a red shirt rides a bike down the street.", "a person is outdoors."),
              ("two dogs play in the snow", "the animals are sleeping inside a warm house"),
              ("a woman holds an umbrella.", "it is raining."), ("kids on a beach", "people are outside")]
-    prompts = [encode_prompt(tokenizer, h, p, PreprocessConfig()) for p, h in (pairs * batch)[:batch]]
-    text = collate_prompts(prompts)
+    text = processor.collate([processor.encode_text(h, p) for p, h in (pairs * batch)[:batch]])
     g = torch.Generator().manual_seed(0)
-    return {"input_ids": text.input_ids, "decoder_input_ids": text.decoder_input_ids,
-            "answer_positions": text.answer_positions, "answer_ids": torch.tensor([4420, 117, 2085]),
-            "patch_images": torch.rand(batch, 3, image, image, generator=g) * 2 - 1,
+    return {**text.model_inputs(), "patch_images": torch.rand(batch, 3, image, image, generator=g) * 2 - 1,
             "labels": torch.tensor([0, 1, 2, 0] * batch)[:batch]}
 
 
@@ -55,15 +52,15 @@ def velora_step_fn(config: str, model_dir: Path, batch: dict):
     from peft import LoraConfig, get_peft_model
 
     from velora.ofa.checkpoint import load_pretrained
+    from velora.ofa.entailment import OFAForVisualEntailment
 
-    model = load_pretrained(model_dir)
+    model = load_pretrained(model_dir, OFAForVisualEntailment, answer_ids=[4420, 117, 2085])
     baseline = rss_mb()
     if config == "full":
         trainable = model
-    else:
+    else:  # the encoder's image bias cache is used, as in `velora train`: the position weights are frozen
         trainable = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1,
                                                      target_modules=["q_proj", "v_proj"]))
-        model.encoder.image_bias_cache = {}  # as `velora train` does: the position weights are frozen
     trainable.train()
     optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=1e-4)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -75,7 +72,7 @@ def velora_step_fn(config: str, model_dir: Path, batch: dict):
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.endswith("_bf16")):
-            logits = trainable(**inputs).logits
+            logits = trainable(**inputs)
             loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
         loss.backward()
         optimizer.step()

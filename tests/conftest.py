@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from velora.ofa.checkpoint import randomize_, save_model_dir
+from velora.bundle import save_model_dir
+from velora.ofa.checkpoint import load_pretrained, randomize_
 from velora.ofa.config import OFAConfig
 from velora.ofa.model import OFAModel
-from velora.ofa.preprocess import PreprocessConfig
+from velora.ofa.processor import OFAProcessor
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("VELORA_SHARED", REPO.parent / "shared"))
@@ -32,7 +33,7 @@ def tiny_config(**overrides) -> OFAConfig:
 def write_tiny_model(directory: Path, seed: int = 0, weights_format: str = "safetensors", **overrides) -> Path:
     torch.manual_seed(seed)
     model = randomize_(OFAModel(tiny_config(**overrides)), seed=seed)
-    return save_model_dir(model.eval(), directory, PreprocessConfig(image_size=TINY_IMAGE),
+    return save_model_dir(model.eval(), OFAProcessor.default(image_size=TINY_IMAGE), directory,
                           weights_format=weights_format)
 
 
@@ -69,8 +70,6 @@ def copy_model(src: Path, dst: Path) -> Path:
 def write_tiny_adapter(model_dir: Path, directory: Path, seed: int = 0, r: int = 4) -> Path:
     """A LoRA adapter (PEFT layout, q_proj/v_proj) with non-zero weights on the model in `model_dir`."""
     from peft import LoraConfig, get_peft_model
-
-    from velora.ofa.checkpoint import load_pretrained
 
     torch.manual_seed(seed)
     config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])

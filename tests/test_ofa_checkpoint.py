@@ -11,7 +11,9 @@ import torch
 from conftest import SHARED, copy_model, write_tiny_model
 from velora.errors import VeloraError
 from velora.ofa import OFAConfig, OFAModel
-from velora.ofa.checkpoint import derived_buffers, load_pretrained, read_state_dict
+from velora.bundle import ModelBundle
+from velora.ofa.checkpoint import load_pretrained, read_state_dict
+from velora.ofa.positions import derived_buffers
 
 LARGE_KEYS = SHARED / "fixtures" / "ofa-large-state-dict.tsv"
 LARGE_CONFIG = SHARED / "fixtures" / "ofa-large-config.json"
@@ -110,7 +112,7 @@ def test_inconsistent_derived_buffer_is_refused(tmp_path):
 
 def test_model_dir_errors(tmp_path, tiny_model_dir):
     with pytest.raises(VeloraError, match="no such model directory"):
-        load_pretrained(tmp_path / "nope")
+        ModelBundle.resolve(tmp_path / "nope")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(VeloraError, match="no config.json"):
@@ -132,7 +134,7 @@ def test_hub_id_offline_says_how_to_pass_a_local_directory(monkeypatch):
     monkeypatch.setenv("MODELSCOPE_CACHE", "/nonexistent-cache")
     monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-cache")
     with pytest.raises(VeloraError) as info:
-        load_pretrained("iic/ofa_visual-entailment_snli-ve_large_en")
+        ModelBundle.resolve("iic/ofa_visual-entailment_snli-ve_large_en")
     message = str(info.value)
     assert "cannot fetch model 'iic/ofa_visual-entailment_snli-ve_large_en'" in message
     assert "modelscope: unreachable" in message and "--model_path DIR" in message

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import run_oracle
-from velora.ofa import OFAModel
+from velora.ofa import OFAForVisualEntailment, OFAModel
+from velora.ofa.checkpoint import load_pretrained
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -16,10 +17,12 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def check_against(fixture_dir) -> None:
-    model = OFAModel.from_pretrained(fixture_dir / "model")
+    model = load_pretrained(fixture_dir / "model", OFAModel)
     inputs = torch.load(fixture_dir / "inputs.pt", weights_only=False)
     expected = torch.load(fixture_dir / "expected.pt", weights_only=False)
     answer_ids = torch.tensor(inputs["answer_ids"])
+    head = load_pretrained(fixture_dir / "model", OFAForVisualEntailment, answer_ids=inputs["answer_ids"])
+    assert bool(inputs["patch_masks"].all()), "every fixture example has its image (the VE head assumes one)"
 
     with torch.no_grad():  # batched, right-padded
         logits = model(input_ids=inputs["input_ids"], patch_images=inputs["patch_images"],
@@ -34,10 +37,8 @@ def check_against(fixture_dir) -> None:
             single = model(input_ids=inputs["input_ids"][i:i + 1, :n], patch_images=inputs["patch_images"][i:i + 1],
                            patch_masks=inputs["patch_masks"][i:i + 1],
                            decoder_input_ids=inputs["decoder_input_ids"][i:i + 1, :n - 1]).logits
-            scores = model.score_answers(inputs["input_ids"][i:i + 1, :n], inputs["decoder_input_ids"][i:i + 1, :n - 1],
-                                         torch.tensor([n - 2]), answer_ids,
-                                         patch_images=inputs["patch_images"][i:i + 1],
-                                         patch_masks=inputs["patch_masks"][i:i + 1])
+            scores = head(inputs["input_ids"][i:i + 1, :n], inputs["decoder_input_ids"][i:i + 1, :n - 1],
+                          torch.tensor([n - 2]), patch_images=inputs["patch_images"][i:i + 1])
         assert relative_error(single[0, :, expected["vocab_ids"]], expected["logits"][i, : n - 1]) < 1e-4
         full_probs = single[0, -1, answer_ids].double().softmax(-1)
         torch.testing.assert_close(full_probs, expected["probs"][i], atol=1e-5, rtol=0)

@@ -6,7 +6,12 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from velora.ofa.checkpoint import load_pretrained
+from velora.ofa import OFAForVisualEntailment
+from velora.ofa.checkpoint import load_pretrained as load_checkpoint
+
+
+def load_pretrained(model_dir):
+    return load_checkpoint(model_dir, OFAForVisualEntailment, answer_ids=[4420, 117, 2085])
 
 
 def batch(model, B=2, L=9, image=64):
@@ -17,11 +22,11 @@ def batch(model, B=2, L=9, image=64):
     dec = ids[:, :-1].clone()
     dec[1, -1] = 1
     return dict(input_ids=ids, decoder_input_ids=dec, answer_positions=torch.tensor([L - 2, L - 3]),
-                answer_ids=torch.tensor([4420, 117, 2085]), patch_images=torch.randn(B, 3, image, image, generator=g))
+                attention_mask=ids.ne(1), patch_images=torch.randn(B, 3, image, image, generator=g))
 
 
 def loss_of(model, inputs):
-    logits = model.score_answers(**inputs)
+    logits = model(**inputs)
     return torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2]))
 
 
@@ -66,12 +71,12 @@ def test_adapter_round_trips_in_peft_layout(tiny_model_dir, tmp_path):
     peft_model.eval()
     inputs = batch(model)
     with torch.no_grad():
-        expected = model.score_answers(**inputs)
+        expected = model(**inputs)
     peft_model.save_pretrained(tmp_path / "adapter")
     assert {p.name for p in (tmp_path / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
     reloaded = PeftModel.from_pretrained(load_pretrained(tiny_model_dir), tmp_path / "adapter")
     with torch.no_grad():
-        actual = reloaded.base_model.model.score_answers(**inputs)
+        actual = reloaded(**inputs)
     torch.testing.assert_close(actual, expected)
 
 

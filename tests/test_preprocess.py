@@ -13,31 +13,32 @@ from PIL import Image
 from velora.errors import VeloraError
 from velora.images import ImageError, load_image
 from velora.labels import normalize_label
-from velora.ofa.preprocess import (PreprocessConfig, answer_token_ids, build_prompt, clean_caption,
-                                   collate_prompts, encode_prompt, image_to_tensor, load_tokenizer)
+from velora.ofa.processor import OFAProcessor, ProcessorConfig, clean_caption
 
 
 @pytest.fixture(scope="module")
-def tokenizer(parity_dir):
-    return load_tokenizer(parity_dir / "model")
+def processor(parity_dir):
+    return OFAProcessor.from_pretrained(parity_dir / "model")
 
 
-def test_prompt_ids_match_the_reference_fixture(tokenizer, parity_dir):
+def test_prompt_ids_match_the_reference_fixture(processor, parity_dir):
     inputs = torch.load(parity_dir / "inputs.pt", weights_only=False)
-    batch = collate_prompts([encode_prompt(tokenizer, h, p, PreprocessConfig()) for p, h in inputs["samples"]])
+    batch = processor.collate([processor.encode_text(h, p) for p, h in inputs["samples"]])
     assert torch.equal(batch.input_ids, inputs["input_ids"])
     assert torch.equal(batch.decoder_input_ids, inputs["decoder_input_ids"])
     lengths = inputs["input_ids"].ne(1).sum(1)
     assert batch.answer_positions.tolist() == (lengths - 2).tolist()  # the "?" before eos
-    assert answer_token_ids(tokenizer) == inputs["answer_ids"] == [4420, 117, 2085]
+    assert torch.equal(batch.attention_mask, inputs["input_ids"].ne(1))
+    assert processor.answer_ids == inputs["answer_ids"] == [4420, 117, 2085]
 
 
-def test_prompt_without_premise(tokenizer):
-    prompt = build_prompt("There are TWO birds.", None, PreprocessConfig())
+def test_prompt_without_premise(processor):
+    prompt = processor.prompt("There are TWO birds.", None)
     assert prompt == ' does the image describe " there are two birds. "?'
-    assert build_prompt("x", "   ", PreprocessConfig()) == build_prompt("x", None, PreprocessConfig())
-    ids = encode_prompt(tokenizer, "there are two birds.", None, PreprocessConfig())
+    assert processor.prompt("x", "   ") == processor.prompt("x", None)
+    ids = processor.encode_text("there are two birds.", None)
     assert ids[0] == 0 and ids[-1] == 2 and ids[-2] == 116  # " ?" closes the question
+    assert processor.collate([ids, ids]).attention_mask is None  # nothing padded: no mask to apply
 
 
 @pytest.mark.parametrize("raw, cleaned", [
@@ -55,28 +56,48 @@ def test_caption_keeps_max_words():
     assert clean_caption(" ".join(f"w{i}" for i in range(100)), 80).split() == [f"w{i}" for i in range(80)]
 
 
-def test_empty_hypothesis_is_refused(tokenizer):
-    with pytest.raises(VeloraError, match="hypothesis is empty"):
-        encode_prompt(tokenizer, "  ", "premise", PreprocessConfig())
+def test_empty_hypothesis_is_refused(processor):
+    for blank in ("  ", "\x00", "\u200b\t"):
+        with pytest.raises(VeloraError, match="hypothesis is empty") as info:
+            processor.encode_text(blank, "premise")
+        assert info.value.field == "hypothesis"
+
+
+def test_prompt_over_the_token_limit_names_the_longer_field(processor):
+    limited = processor.with_overrides(max_text_tokens=40)
+    with pytest.raises(VeloraError, match="premise too long: the prompt is .* over the model's limit of 40") as info:
+        limited.encode_text("a dog.", "a very long premise " * 10)
+    assert info.value.field == "premise"
+    assert len(limited.encode_text("a dog.", "a cat.")) <= 40
 
 
 def test_configuration_json_sets_image_size_prompt_and_length(tmp_path):
     (tmp_path / "configuration.json").write_text(json.dumps({"model": {
         "patch_image_size": 384, "max_src_length": 20, "prompt": ' does "{}" hold?'}}))
-    config = PreprocessConfig.from_model_dir(tmp_path)
+    config = ProcessorConfig.from_model_dir(tmp_path)
     assert (config.image_size, config.max_src_length, config.prompt_without_premise) == (384, 20, ' does "{}" hold?')
-    assert PreprocessConfig.from_model_dir(tmp_path, image_size=224).image_size == 224
-    assert PreprocessConfig.from_model_dir(tmp_path / "missing").image_size == 480
+    assert ProcessorConfig.from_model_dir(tmp_path, image_size=224).image_size == 224
+    assert ProcessorConfig.from_model_dir(tmp_path / "missing").image_size == 480
     (tmp_path / "out").mkdir()
     config.save(tmp_path / "out")
-    assert PreprocessConfig.from_model_dir(tmp_path / "out") == config
+    assert ProcessorConfig.from_model_dir(tmp_path / "out") == config
     with pytest.raises(VeloraError, match="multiple of 16"):
-        PreprocessConfig(image_size=500)
+        ProcessorConfig(image_size=500)
+
+
+def test_processor_round_trips_through_save_pretrained(tmp_path):
+    processor = OFAProcessor.default(image_size=96, max_src_length=12)
+    processor.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"configuration.json", "vocab.json", "merges.txt"}
+    again = OFAProcessor.from_pretrained(tmp_path)
+    assert again.config == processor.config and again.same_preprocessing(processor)
+    assert again.encode_text("two dogs.", "a park") == processor.encode_text("two dogs.", "a park")
+    assert not again.same_preprocessing(OFAProcessor.default(image_size=64, max_src_length=12))
 
 
 def test_image_transform_is_bicubic_resize_then_half_normalisation():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8))
-    tensor = image_to_tensor(image, PreprocessConfig(image_size=32))
+    tensor = OFAProcessor.default(image_size=32).image_tensor(image)
     expected = np.asarray(image.resize((32, 32), Image.BICUBIC), dtype=np.float32) / 255.0
     assert tensor.shape == (3, 32, 32)
     torch.testing.assert_close(tensor, torch.from_numpy((expected - 0.5) / 0.5).permute(2, 0, 1))

@@ -1,6 +1,6 @@
 """LoRA adapters in PEFT's layout (`adapter_config.json` + `adapter_model.safetensors`): which base they belong to,
-whether they fit it, and attaching them. The Predictor (so predict, eval, mine, serve), merge and export all come
-through here, so an adapter trained on another base is refused the same way everywhere."""
+whether they fit it, and attaching them. `velora.bundle` and the Predictor (so predict, eval, mine, serve, merge and
+export) all come through here, so an adapter trained on another base is refused the same way everywhere."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from velora.errors import VeloraError
 from velora.hub import resolve_model_dir
@@ -26,20 +27,12 @@ def is_adapter_dir(path: Path) -> bool:
     return (path / "adapter_config.json").exists()
 
 
-def resolve_full_model_dir(model_path: str, advice: str) -> Path:
-    """`model_path` as a full OFA model directory; a LoRA adapter there is refused, with `advice`."""
-    model_dir = resolve_model_dir(model_path)
-    if is_adapter_dir(model_dir):
-        raise VeloraError(f"{model_path} is a LoRA adapter; {advice}")
-    return model_dir
-
-
 def base_dir_for(adapter_dir: Path, base_model: str | None = None) -> Path:
     """The base model directory: `base_model` if given, else the one the adapter names."""
     recorded = read_adapter_config(adapter_dir).get("base_model_name_or_path")
     if base_model is None and not recorded:
         raise VeloraError(f"{adapter_dir}: adapter_config.json names no base model; pass --base_model")
-    base = resolve_model_dir(base_model or recorded)
+    base = resolve_model_dir(base_model or recorded, flag="--base_model")
     if is_adapter_dir(base):
         raise VeloraError(f"--base_model {base}: is a LoRA adapter, not a base model; pass the model it was "
                           "trained on")
@@ -50,8 +43,6 @@ def adapter_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
     """Saved LoRA weight name -> shape, without loading the tensors (safetensors) where possible."""
     path = adapter_dir / "adapter_model.safetensors"
     if path.exists():
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     path = adapter_dir / "adapter_model.bin"
@@ -95,7 +86,7 @@ def check_adapter_complete(peft_model, name: str, adapter_dir: Path, base_dir: P
 def attach_adapter(model: OFAModel, adapter_dir: Path, name: str, base_dir: Path, peft_model=None):
     """Load the adapter in `adapter_dir` onto `model` (frozen, for inference) as `name`; returns the PeftModel.
     With `peft_model`, the adapter is added beside the ones it already holds."""
-    from peft import PeftModel
+    from peft import PeftModel  # deferred: peft takes ~2 s to import and only adapter users need it
 
     check_adapter_fits(adapter_dir, base_dir, model)
     with warnings.catch_warnings():

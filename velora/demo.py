@@ -126,11 +126,12 @@ def _rows(csv_path: Path) -> int:
 
 def find_checkpoint(model_path: str | None) -> Path | None:
     """The OFA to build on: `model_path` if given, else the hub cache's copy of the default model, else None."""
-    from velora.adapters import resolve_full_model_dir
+    from velora.bundle import ModelBundle
     from velora.hub import DEFAULT_MODEL_ID, find_cached
 
     if model_path:
-        return resolve_full_model_dir(model_path, "the demo needs a full OFA model directory as its base")
+        return ModelBundle.resolve_base(model_path, advice="the demo needs a full OFA model directory as its "
+                                                           "base").base_dir
     return find_cached(DEFAULT_MODEL_ID)
 
 
@@ -153,13 +154,14 @@ def build_small_base(work: Path, base_dir: Path, plan: Plan) -> dict:
     linear layer of the transformer, rank 32) and `velora merge` into a plain model directory."""
     from velora.merge import merge_lora
     from velora.ofa import OFAConfig, OFAModel
-    from velora.ofa.checkpoint import randomize_, save_model_dir
-    from velora.ofa.preprocess import PreprocessConfig
+    from velora.bundle import save_model_dir
+    from velora.ofa.checkpoint import randomize_
+    from velora.ofa.processor import OFAProcessor
     from velora.train import main as train_main
 
     torch.manual_seed(plan.seed)
     random_dir = save_model_dir(randomize_(OFAModel(OFAConfig(**SMALL_OFA)), seed=plan.seed).eval(),
-                                work / "random_ofa", PreprocessConfig(image_size=plan.image_size))
+                                OFAProcessor.default(image_size=plan.image_size), work / "random_ofa")
     _say(f"  Random-weight small OFA: {random_dir}")
     task_a = make_task(work / "task_a", "A", plan.pretrain_images, plan.seed + 2, val_ratio=0.1)
     every = max(plan.pretrain_steps // 2, 1)

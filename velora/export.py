@@ -9,8 +9,8 @@ order) and the tokenizer files `vocab.json` + `merges.txt`; `OnnxPredictor.from_
 from __future__ import annotations
 
 import json
+import logging
 import os
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +20,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from velora.data import ExampleSet, load_examples, score_examples
 from velora.errors import VeloraError
-from velora.images import ImageSource, load_image
+from velora.evaluate import compute_metrics, predicted_labels
+from velora.images import ImageSource
 from velora.labels import ANSWER_WORDS, LABELS
-from velora.merge import (CHECK_TEXTS, check_images, human_size, load_checked, merged_model, source_dirs,
-                          tokenizer_dir)
-from velora.ofa.model import OFAModel
-from velora.ofa.preprocess import (BOS, EOS, PAD, PreprocessConfig, collate_prompts, encode_prompt, image_to_tensor,
-                                   load_tokenizer)
+from velora.merge import CHECK_TEXTS, check_images, human_size, merged_model
+from velora.ofa.entailment import OFAForVisualEntailment
+from velora.ofa.processor import OFAProcessor
 from velora.predictor import Predictor
 
 INPUT_NAMES = ["patch_images", "input_ids", "decoder_input_ids", "answer_positions"]
@@ -42,43 +42,40 @@ INT8_OPS = ["MatMul", "Gemm"]
 
 class ScoringGraph(nn.Module):
     """(patch_images, input_ids, decoder_input_ids, answer_positions) -> (B, 3) probabilities in LABELS order;
-    the answer token ids are baked in."""
+    padding is read from the pad id, the answer token ids are the model's."""
 
-    def __init__(self, model: OFAModel, answer_ids: torch.Tensor):
+    def __init__(self, model: OFAForVisualEntailment):
         super().__init__()
         self.model = model
-        self.register_buffer("answer_ids", answer_ids.clone().cpu())
         self.eval()  # export restores the mode it finds, for every submodule
 
     def forward(self, patch_images: torch.Tensor, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor,
                 answer_positions: torch.Tensor) -> torch.Tensor:
-        logits = self.model.score_answers(input_ids, decoder_input_ids, answer_positions, self.answer_ids,
-                                          patch_images=patch_images)  # (B, 3)
+        attention_mask = input_ids.ne(self.model.config.pad_token_id)  # (B, L)
+        logits = self.model(input_ids, decoder_input_ids, answer_positions, attention_mask,
+                            patch_images=patch_images)  # (B, 3)
         return logits.float().softmax(-1)
 
 
-def graph_inputs(tokenizer, preprocess: PreprocessConfig, images: Sequence[ImageSource],
-                 premises: Sequence[str | None], hypotheses: Sequence[str]) -> list[torch.Tensor]:
-    """The graph's four inputs for a batch, preprocessed exactly as the Predictor does."""
-    pixels = torch.stack([image_to_tensor(load_image(img), preprocess) for img in images])  # (B, 3, S, S)
-    text = collate_prompts([encode_prompt(tokenizer, h, p, preprocess) for p, h in zip(premises, hypotheses)])
-    return [pixels, text.input_ids, text.decoder_input_ids, text.answer_positions]
+def graph_inputs(processor: OFAProcessor, images: Sequence[ImageSource], premises: Sequence[str | None],
+                 hypotheses: Sequence[str]) -> list[torch.Tensor]:
+    """The graph's four inputs for a batch, preprocessed by the model's processor."""
+    batch = processor(images, premises, hypotheses)
+    return [batch[name] for name in INPUT_NAMES]
 
 
 class OnnxPredictor:
     """Scores with an exported graph on onnxruntime; `probabilities` works like `Predictor.probabilities`."""
 
-    def __init__(self, onnx_path: str | os.PathLike, tokenizer, preprocess: PreprocessConfig,
-                 threads: int | None = None):
-        import onnxruntime as ort
+    def __init__(self, onnx_path: str | os.PathLike, processor: OFAProcessor, threads: int | None = None):
+        import onnxruntime as ort  # deferred: onnxruntime is only needed by export
 
         self.path = Path(onnx_path)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        self.tokenizer = tokenizer
-        self.preprocess = preprocess
+        self.processor = processor
         self.description = f"ONNX {self.path}"
 
     @classmethod
@@ -89,9 +86,8 @@ class OnnxPredictor:
         if not path.is_file() or not sidecar.is_file():
             raise VeloraError(f"{path}: need the .onnx file and its {sidecar.name} (written by `velora export onnx`)")
         info = json.loads(sidecar.read_text(encoding="utf-8"))
-        preprocess = PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                         for k, v in info["preprocess"].items()})
-        return cls(path, load_tokenizer(path.parent), preprocess, threads)
+        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in info["preprocess"].items()}
+        return cls(path, OFAProcessor.from_pretrained(path.parent, **settings), threads)
 
     def run(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs)}
@@ -102,8 +98,8 @@ class OnnxPredictor:
         out = torch.empty(len(images), len(LABELS))
         for start in tqdm(range(0, len(images), batch_size), desc="onnx", disable=not progress):
             end = start + batch_size
-            out[start:end] = self.run(graph_inputs(self.tokenizer, self.preprocess, images[start:end],
-                                                   premises[start:end], hypotheses[start:end]))
+            out[start:end] = self.run(graph_inputs(self.processor, images[start:end], premises[start:end],
+                                                   hypotheses[start:end]))
         return out
 
 
@@ -150,9 +146,7 @@ def _check_output(output: Path, overwrite: bool) -> None:
 
 
 def _export_graph(graph: ScoringGraph, example: list[torch.Tensor], path: Path, opset: int) -> None:
-    """TorchScript-based exporter: the model's `if padding.any()` shortcuts stop torch.export (dynamo). The example
-    batch is padded, so the traced graph always applies the padding masks, which is exact for unpadded input too."""
-    assert bool((example[1] == PAD).any()), "the export example must contain padding (see docstring)"
+    """TorchScript-based exporter (see bench/RESULTS.md for the dynamo exporter's measurements)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about those shortcuts; legacy-exporter deprecation
         torch.onnx.export(graph, tuple(example), str(path), dynamo=False, opset_version=opset,
@@ -160,9 +154,7 @@ def _export_graph(graph: ScoringGraph, example: list[torch.Tensor], path: Path, 
 
 
 def _quantize_int8(source: Path, target: Path) -> None:
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # deferred: only --quantize needs it
 
     logging.disable(logging.WARNING)  # its advice to run shape pre-processing, which fails on this graph
     try:
@@ -174,6 +166,8 @@ def _quantize_int8(source: Path, target: Path) -> None:
 
 
 def _write_sidecar(path: Path, predictor: Predictor, opset: int, quantization: str | None) -> None:
+    processor = predictor.processor
+    bos, eos, pad = processor.bos_id, processor.eos_id, processor.pad_id
     info = {
         "format": "velora-onnx/1",
         "source_model": predictor.description,
@@ -181,17 +175,17 @@ def _write_sidecar(path: Path, predictor: Predictor, opset: int, quantization: s
         "quantization": quantization,
         "inputs": {
             "patch_images": "float32 (batch, 3, S, S): RGB, bicubic resize to S x S (no crop), /255, (x-mean)/std",
-            "input_ids": f"int64 (batch, length): [bos={BOS}] + BPE(prompt) + [eos={EOS}], right-padded with {PAD}",
+            "input_ids": f"int64 (batch, length): [bos={bos}] + BPE(prompt) + [eos={eos}], right-padded with {pad}",
             "decoder_input_ids": "int64 (batch, length-1): input_ids without each row's final eos, padded",
             "answer_positions": "int64 (batch,): each row's prompt length (with bos and eos) minus 2",
         },
         "output": f"{OUTPUT_NAME}: float32 (batch, 3) in the order of `labels`",
         "labels": list(LABELS),
         "answer_words": [ANSWER_WORDS[label] for label in LABELS],
-        "answer_ids": predictor.answer_ids.tolist(),
-        "preprocess": predictor.preprocess.to_dict(),
+        "answer_ids": processor.answer_ids,
+        "preprocess": processor.config.to_dict(),
         "text_cleaning": "lowercase; strip leading ,.!?*#:;~; '-' and '/' to spaces; collapse whitespace; keep "
-                         "max_src_length words (velora.ofa.preprocess.clean_caption)",
+                         "max_src_length words (velora.ofa.processor.clean_caption)",
         "tokenizer": {"vocab": "vocab.json", "merges": "merges.txt", "type": "BART byte-level BPE"},
     }
     path.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -210,16 +204,15 @@ def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike, *, bas
     _check_output(output, overwrite)
     examples = None
     if eval_file is not None:
-        from velora.data import load_examples
-
         examples = load_examples(eval_file, split)  # fail on a bad eval file before the slow export
-    predictor = load_checked(model_path, base_model, image_size=image_size)
-    graph = ScoringGraph(merged_model(predictor), predictor.answer_ids)
+    predictor = Predictor.from_pretrained(model_path, base_model=base_model, device="cpu", dtype=torch.float32,
+                                          image_size=image_size, fuse_resnet=False)
+    graph = ScoringGraph(merged_model(predictor))
     premises, hypotheses = (list(x) for x in zip(*CHECK_TEXTS))
     images = check_images()
 
     def inputs(rows: slice) -> list[torch.Tensor]:
-        return graph_inputs(predictor.tokenizer, predictor.preprocess, images[rows], premises[rows], hypotheses[rows])
+        return graph_inputs(predictor.processor, images[rows], premises[rows], hypotheses[rows])
 
     check = inputs(slice(1, None))  # another batch size and other lengths than the export example's
     with torch.inference_mode():
@@ -228,21 +221,20 @@ def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike, *, bas
     output.parent.mkdir(parents=True, exist_ok=True)
     fp32_path = output.with_name(output.stem + ".fp32.onnx") if quantize else output
     _export_graph(graph, inputs(slice(0, 2)), fp32_path, opset)
-    fp32 = OnnxPredictor(fp32_path, predictor.tokenizer, predictor.preprocess)
+    fp32 = OnnxPredictor(fp32_path, predictor.processor)
     max_diff = (fp32.run(check) - expected).abs().max().item()
     if max_diff > TOLERANCE:
         fp32_path.unlink()
         raise VeloraError(f"ONNX graph differs from torch by {max_diff:.2e} (limit {TOLERANCE:.0e}); removed it")
     _write_sidecar(fp32_path, predictor, opset, None)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copyfile(tokenizer_dir(*source_dirs(model_path, base_model)) / name, output.parent / name)
+    predictor.processor.save_tokenizer(output.parent)
     result = ExportResult(output, max_diff, fp32_path.stat().st_size)
     scorers = [fp32]
     if quantize:
         _quantize_int8(fp32_path, output)
         what = f"int8 dynamic (onnxruntime quantize_dynamic: {', '.join(INT8_OPS)} weights QInt8)"
         _write_sidecar(output, predictor, opset, what)
-        scorers.append(OnnxPredictor(output, predictor.tokenizer, predictor.preprocess))
+        scorers.append(OnnxPredictor(output, predictor.processor))
         got = scorers[1].run(check)
         result.fp32_path, result.fp32_size_bytes = fp32_path, result.size_bytes
         result.size_bytes = output.stat().st_size
@@ -253,11 +245,8 @@ def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike, *, bas
     return result
 
 
-def eval_change(scorers: list[OnnxPredictor], examples, batch_size: int = 8, progress: bool = False) -> dict:
+def eval_change(scorers: list[OnnxPredictor], examples: ExampleSet, batch_size: int = 8, progress: bool = False) -> dict:
     """Accuracy of the fp32 graph (and of the int8 one, with how often the two agree) on labelled examples."""
-    from velora.data import score_examples
-    from velora.evaluate import compute_metrics, predicted_labels
-
     labels = examples.labels
     predictions = [predicted_labels(score_examples(s, examples, batch_size=batch_size, progress=progress,
                                                    desc=f"eval {s.path.name}")) for s in scorers]

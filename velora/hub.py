@@ -56,11 +56,12 @@ def find_cached(model_id: str) -> Path | None:
     return None
 
 
-def resolve_model_dir(path_or_id: str | os.PathLike) -> Path:
+def resolve_model_dir(path_or_id: str | os.PathLike, flag: str = "--model_path") -> Path:
     """A local model directory for `path_or_id`: the directory itself, or a hub snapshot (downloaded if needed).
 
     Raises VeloraError with what to do next: for a path that does not exist, a file, or a hub id that cannot be
-    fetched (offline: how to download it elsewhere and pass the directory).
+    fetched (offline: how to download it elsewhere and pass the directory with `flag`, the option of the command
+    being run).
     """
     text = str(path_or_id)
     local = Path(text).expanduser()
@@ -93,5 +94,5 @@ def resolve_model_dir(path_or_id: str | os.PathLike) -> Path:
         errors.append(f"{name}: snapshot has no config.json")
     raise VeloraError(
         f"cannot fetch model {text!r} ({'; '.join(errors)}). Without network, download it on another machine "
-        f"(`modelscope download --model {text} --local_dir DIR`) and pass that directory, e.g. --model_path DIR"
+        f"(`modelscope download --model {text} --local_dir DIR`) and pass that directory: {flag} DIR"
     )

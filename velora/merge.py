@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 
+from velora.bundle import ModelBundle, save_model_dir
 from velora.errors import VeloraError
-from velora.hub import resolve_model_dir
-from velora.ofa.checkpoint import save_model_dir
 from velora.ofa.model import OFAModel
-from velora.adapters import base_dir_for, is_adapter_dir
-from velora.predictor import Predictor, pick_dtype
+from velora.predictor import BASE, Predictor, pick_dtype
 
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}  # max |probability difference|
 QUANTIZED_DTYPES = {"I8", "U8", "F8_E4M3", "F8_E5M2"}  # safetensors names
@@ -58,27 +57,6 @@ def check_probabilities(predictor: Predictor, adapter: str | None = None) -> tor
 # Inputs
 
 
-def adapter_dir_of(lora_path: str | os.PathLike) -> Path:
-    path = resolve_model_dir(lora_path)
-    if not is_adapter_dir(path):
-        raise VeloraError(f"--lora_path {path}: no adapter_config.json, so not a LoRA adapter "
-                          "(run `velora train` first; a full model directory needs no merging)")
-    return path
-
-
-def tokenizer_dir(*dirs: Path) -> Path | None:
-    """The first directory holding the BPE files (vocab.json + merges.txt), as the Predictor picks them."""
-    return next((d for d in dirs if (d / "vocab.json").exists() and (d / "merges.txt").exists()), None)
-
-
-def source_dirs(model_path: str | os.PathLike, base_model: str | os.PathLike | None = None) -> list[Path]:
-    """[adapter dir, base dir] for a LoRA adapter, [model dir] otherwise."""
-    model_dir = resolve_model_dir(model_path)
-    if is_adapter_dir(model_dir):
-        return [model_dir, base_dir_for(model_dir, base_model)]
-    return [model_dir]
-
-
 def refuse_quantized(base_dir: Path) -> None:
     """Merging adds LoRA deltas to float weights; a quantized checkpoint has none to add to."""
     config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
@@ -88,8 +66,6 @@ def refuse_quantized(base_dir: Path) -> None:
     suspicious = []
     weights = base_dir / "model.safetensors"
     if weights.exists():
-        from safetensors import safe_open
-
         with safe_open(str(weights), framework="pt") as f:
             suspicious = [k for k in f.keys() if f.get_slice(k).get_dtype() in QUANTIZED_DTYPES]
             suspicious += [k for k in f.keys() if k.endswith(QUANTIZED_SUFFIXES)]
@@ -105,27 +81,18 @@ def refuse_quantized(base_dir: Path) -> None:
                           "merge into the original float checkpoint, then quantize the merged model")
 
 
-def load_checked(model_path: str | os.PathLike, base_model: str | os.PathLike | None = None, *,
-                 device: str = "cpu", image_size: int | None = None) -> Predictor:
-    """An fp32 Predictor for a model or adapter directory (an adapter is checked against its base on loading),
-    with the checkpoint's module layout intact so its weights can be merged and saved."""
-    dirs = source_dirs(model_path, base_model)
-    base = str(dirs[1]) if len(dirs) == 2 else None
-    return Predictor.from_pretrained(dirs[0], base_model=base, device=device, dtype=torch.float32,
-                                     image_size=image_size, fuse_resnet=False)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Merge
 
 
 def merged_model(predictor: Predictor) -> OFAModel:
     """The Predictor's model with its (first) LoRA adapter folded into the weights; the Predictor gives up its
-    adapter (its model is the merged one afterwards)."""
+    adapter (its model is the merged one afterwards, scored with the adapter's preprocessing)."""
     if predictor.peft_model is None:
         return predictor.model
+    processor = predictor.processor
     model = predictor.peft_model.merge_and_unload()
-    predictor.model, predictor.peft_model = model, None
+    predictor.model, predictor.peft_model, predictor.processors = model, None, {BASE: processor}
     with torch.device("meta"):
         expected = set(OFAModel(model.config).state_dict())
     extra, missing = sorted(set(model.state_dict()) - expected), sorted(expected - set(model.state_dict()))
@@ -197,8 +164,11 @@ def merge_lora(lora_path: str | os.PathLike, output_dir: str | os.PathLike, *,
                overwrite: bool = False) -> MergeResult:
     """Fold the LoRA adapter at `lora_path` into `base_model` (default: the base named in adapter_config.json),
     in fp32, and save it to `output_dir` in `dtype` ("float32", "float16" or "bfloat16"), after checking it."""
-    adapter_dir = adapter_dir_of(lora_path)
-    base_dir = base_dir_for(adapter_dir, base_model)
+    bundle = ModelBundle.resolve(lora_path, base_model=base_model, flag="--lora_path")
+    adapter_dir, base_dir = bundle.adapter_dir, bundle.base_dir
+    if adapter_dir is None:
+        raise VeloraError(f"--lora_path {lora_path}: no adapter_config.json, so not a LoRA adapter "
+                          "(run `velora train` first; a full model directory needs no merging)")
     save_dtype = pick_dtype(dtype, torch.device("cpu"))
     if save_dtype not in TOLERANCE or dtype == "auto":
         raise VeloraError(f"--dtype {dtype}: use float32, float16 or bfloat16")
@@ -206,7 +176,7 @@ def merge_lora(lora_path: str | os.PathLike, output_dir: str | os.PathLike, *,
     _check_output_dir(output, [adapter_dir, base_dir], overwrite)
     refuse_quantized(base_dir)
 
-    predictor = load_checked(adapter_dir, base_dir, device=device)
+    predictor = Predictor.from_bundle(bundle, device=device, dtype=torch.float32, fuse_resnet=False)
     expected = check_probabilities(predictor)
     model = merged_model(predictor)
     diff_merged = (check_probabilities(predictor) - expected).abs().max().item()
@@ -219,8 +189,7 @@ def merge_lora(lora_path: str | os.PathLike, output_dir: str | os.PathLike, *,
         staged = work / "model"
         staged.mkdir()
         _copy_task_config(adapter_dir, base_dir, staged)
-        save_model_dir(model.to("cpu"), staged, predictor.preprocess, tokenizer_dir(adapter_dir, base_dir),
-                       dtype=save_dtype)
+        save_model_dir(model.to("cpu"), bundle.processor, staged, dtype=save_dtype)
         del model, predictor
         saved = Predictor.from_pretrained(staged, device=device, dtype=torch.float32)
         diff_saved = (check_probabilities(saved) - expected).abs().max().item()

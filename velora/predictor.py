@@ -1,9 +1,14 @@
 """The one Predictor: an OFA checkpoint (plus optional LoRA adapters) that turns (image, premise, hypothesis) into
-entailment / contradiction / neutral probabilities. `velora predict`, `eval`, `mine` and `serve` all use it.
+entailment / contradiction / neutral probabilities. `velora predict`, `eval`, `mine`, `merge`, `export` and `serve`
+all build it with `Predictor.from_pretrained` and score through it.
+
+Each adapter keeps the processor it was trained with (image size, prompt, normalisation): examples scored with
+adapter "x" are preprocessed by `processor_for("x")`, never by another adapter's settings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -11,22 +16,19 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 from tqdm.auto import tqdm
 
+from velora.adapters import attach_adapter
+from velora.bundle import ModelBundle
 from velora.errors import VeloraError
-from velora.adapters import attach_adapter, base_dir_for, is_adapter_dir
-from velora.hub import resolve_model_dir
 from velora.images import ImageSource, load_image
 from velora.labels import LABELS
-from velora.ofa.checkpoint import load_pretrained
-from velora.ofa.model import OFAModel
-from velora.ofa.preprocess import (PreprocessConfig, answer_token_ids, collate_prompts, encode_prompt,
-                                   image_to_tensor, load_tokenizer)
+from velora.ofa.entailment import OFAForVisualEntailment
+from velora.ofa.processor import OFAProcessor
 
-_POSITION_MODULES = ("pos_q_linear", "pos_k_linear", "pos_ln", "image_pos_ln", "embed_image_positions",
-                     "image_rel_pos_table_list")
 BASE = "base"  # adapter name that means "the base model, adapters off"
-DEFAULT_ADAPTER = "default"
+DEFAULT_ADAPTER = "default"  # the adapter given as the model path
 
 
 @dataclass
@@ -50,6 +52,10 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
 def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """fp32 on CPU; bf16 on a GPU that has it, else fp16."""
     if isinstance(dtype, torch.dtype):
@@ -58,14 +64,13 @@ def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
         if device.type != "cuda":
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
+    if dtype not in DTYPES:
         raise VeloraError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-    return names[dtype]
+    return DTYPES[dtype]
 
 
-def _image_key(source: ImageSource) -> str:
+def image_key(source: ImageSource) -> str:
+    """Identity of an image within one call: rows with the same key share one ResNet pass."""
     if isinstance(source, (str, os.PathLike)):
         return "path:" + os.path.abspath(source)
     if isinstance(source, bytes):
@@ -74,24 +79,21 @@ def _image_key(source: ImageSource) -> str:
 
 
 class Predictor:
-    """Built once from a model directory or hub id; a LoRA adapter directory works too (its base is read from
-    `adapter_config.json` unless `base_model` is given)."""
+    """Built once from a model directory, a LoRA adapter directory or a hub id (`from_pretrained`)."""
 
-    def __init__(self, model: OFAModel, tokenizer, preprocess: PreprocessConfig, device: torch.device,
-                 dtype: torch.dtype, peft_model=None, description: str = "", base_dir: Path | None = None):
+    def __init__(self, model: OFAForVisualEntailment, processors: dict[str, OFAProcessor], device: torch.device,
+                 dtype: torch.dtype, peft_model=None, description: str = "", base_dir: Path | None = None,
+                 image_size: int | None = None):
         self.model = model.eval()
         self.peft_model = peft_model
-        self.tokenizer = tokenizer
-        self.preprocess = preprocess
+        self.processors = processors  # adapter name (BASE included) -> its preprocessing
         self.device = device
         self.dtype = dtype
-        self.answer_ids = torch.tensor(answer_token_ids(tokenizer), device=device)
         self.description = description
         self.base_dir = base_dir  # where the base weights came from (adapters added later must fit it)
+        self.image_size = image_size  # a user override applied to every adapter's processor
         # oneDNN's convolutions get slower per image beyond a few images on CPU (caches); GPUs want them all at once
         self.image_batch = 4 if device.type == "cpu" else 64
-        if self.peft_model is not None:
-            self._check_bias_cache()
 
     # -- construction ------------------------------------------------------------------------------------------
 
@@ -102,50 +104,60 @@ class Predictor:
                         fuse_resnet: bool = True) -> "Predictor":
         """`fuse_resnet` folds BatchNorm into the ResNet's convolutions (faster inference; the model's state_dict
         then no longer has the checkpoint layout, so leave it off to save or merge weights)."""
-        model_dir = resolve_model_dir(model_path)
+        return cls.from_bundle(ModelBundle.resolve(model_path, base_model=base_model, image_size=image_size),
+                               device=device, dtype=dtype, quantize=quantize, fuse_resnet=fuse_resnet)
+
+    @classmethod
+    def from_bundle(cls, bundle: ModelBundle, *, device: str | torch.device = "auto",
+                    dtype: str | torch.dtype = "auto", quantize: str | None = None,
+                    fuse_resnet: bool = True) -> "Predictor":
         device = pick_device(device)
         dtype = pick_dtype(dtype, device)
-        adapter_dir = model_dir if is_adapter_dir(model_dir) else None
-        base_dir = base_dir_for(adapter_dir, base_model) if adapter_dir is not None else model_dir
-        model = load_pretrained(base_dir)
+        model = bundle.load_model()
+        processors = {BASE: bundle.base_processor()}
         peft_model = None
-        description = f"{base_dir}"
-        if adapter_dir is not None:
-            peft_model = attach_adapter(model, adapter_dir, DEFAULT_ADAPTER, base_dir)
-            description = f"LoRA adapter {adapter_dir} on {base_dir}"
-        if quantize:
+        if bundle.adapter_dir is not None:
+            peft_model = attach_adapter(model, bundle.adapter_dir, DEFAULT_ADAPTER, bundle.base_dir)
+            processors[DEFAULT_ADAPTER] = bundle.processor
+        description = bundle.description
+        if quantize:  # an adapter is merged in first: the result scores with the adapter's preprocessing
             model, peft_model = _quantize(model, peft_model, quantize, device)
+            processors = {BASE: bundle.processor}
             description += f" ({quantize} dynamic quantization)"
         model.to(device=device, dtype=dtype)
         if fuse_resnet:
             model.encoder.embed_images.fuse_for_inference_()
-        model.encoder.image_bias_cache = {}  # the image-image attention bias, computed once per image size
-        # an adapter records the preprocessing it was trained with; otherwise the base model's applies
-        trained_with = adapter_dir if adapter_dir and (adapter_dir / "configuration.json").exists() else base_dir
-        preprocess = PreprocessConfig.from_model_dir(trained_with, image_size=image_size)
-        tokenizer = load_tokenizer(adapter_dir, base_dir)
-        return cls(model, tokenizer, preprocess, device, dtype, peft_model, description, base_dir)
+        return cls(model, processors, device, dtype, peft_model, description, bundle.base_dir, bundle.image_size)
 
     def load_adapter(self, name: str, adapter_dir: str | os.PathLike) -> None:
-        """Add another LoRA adapter on the same base, selectable per call with `adapter=name`."""
-        if name in (BASE,):
+        """Add another LoRA adapter on the same base, selectable per call with `adapter=name`; it brings its own
+        processor."""
+        if name == BASE:
             raise VeloraError(f"adapter name {name!r} is reserved for the base model")
-        adapter_dir = resolve_model_dir(adapter_dir)
         if name in self.adapter_names:
             raise VeloraError(f"adapter name {name!r} is already loaded")
-        self.peft_model = attach_adapter(self.model, adapter_dir, name, self.base_dir, self.peft_model)
+        bundle = ModelBundle.resolve(adapter_dir, base_model=str(self.base_dir), image_size=self.image_size)
+        if bundle.adapter_dir is None:
+            raise VeloraError(f"{adapter_dir}: not a LoRA adapter (no adapter_config.json)")
+        self.peft_model = attach_adapter(self.model, bundle.adapter_dir, name, self.base_dir, self.peft_model)
+        self.processors[name] = bundle.processor
         self.model.to(device=self.device, dtype=self.dtype)
-        self._check_bias_cache()
-
-    def _check_bias_cache(self) -> None:
-        """The cached position bias is valid only while no adapter changes the position modules."""
-        if any(".lora_" in name and any(f".{m}" in name for m in _POSITION_MODULES)
-               for name, _ in self.model.named_modules()):
-            self.model.encoder.image_bias_cache = None
 
     @property
     def adapter_names(self) -> list[str]:
         return list(self.peft_model.peft_config) if self.peft_model is not None else []
+
+    def processor_for(self, adapter: str | None = None) -> OFAProcessor:
+        """The preprocessing of `adapter` (None: the default one, as scoring picks it)."""
+        return self.processors[self._adapter_name(adapter)]
+
+    @property
+    def processor(self) -> OFAProcessor:
+        return self.processor_for(None)
+
+    @property
+    def answer_ids(self) -> torch.Tensor:
+        return self.model.answer_ids
 
     # -- inference ---------------------------------------------------------------------------------------------
 
@@ -162,40 +174,46 @@ class Predictor:
     def probabilities(self, images: Sequence[ImageSource], premises: Sequence[str | None],
                       hypotheses: Sequence[str], adapter: str | None = None, batch_size: int = 16,
                       progress: bool = False) -> torch.Tensor:
-        """(N, 3) float32 probabilities in LABELS order, identical to scoring each example alone.
-
-        Rows sharing an image are batched together and its ResNet features computed once."""
+        """(N, 3) float32 probabilities in LABELS order, identical to scoring each example alone."""
         if not (len(images) == len(premises) == len(hypotheses)):
             raise VeloraError(f"got {len(images)} images, {len(premises)} premises, {len(hypotheses)} hypotheses")
-        prompts = [encode_prompt(self.tokenizer, h, p, self.preprocess) for p, h in zip(premises, hypotheses)]
-        keys = [_image_key(img) for img in images]
+        processor = self.processor_for(adapter)
+        prompts = [processor.encode_text(h, p) for p, h in zip(premises, hypotheses)]
+        return self.score(images, prompts, adapter, batch_size, progress)
+
+    def score(self, images: Sequence[ImageSource], prompts: Sequence[list[int]], adapter: str | None = None,
+              batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+        """(N, 3) probabilities of prompts already encoded by `processor_for(adapter).encode_text` (the server
+        encodes, and checks the limits, when a request is read). Rows sharing an image are batched together and
+        its ResNet features computed once."""
+        keys = [image_key(img) for img in images]
         first_seen = {k: i for i, k in reversed(list(enumerate(keys)))}
         order = sorted(range(len(prompts)), key=lambda i: (first_seen[keys[i]], len(prompts[i])))
+        processor = self.processor_for(adapter)
         out = torch.empty(len(prompts), len(LABELS))
         with self._adapter(adapter), torch.inference_mode():
             bar = tqdm(total=len(order), desc="predict", unit="ex", disable=not progress)
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
-                out[rows] = self._score([images[i] for i in rows], [keys[i] for i in rows],
-                                        [prompts[i] for i in rows])
+                out[rows] = self._score_batch(processor, [images[i] for i in rows], [keys[i] for i in rows],
+                                              [prompts[i] for i in rows])
                 bar.update(len(rows))
             bar.close()
         return out
 
-    def _score(self, images: list[ImageSource], keys: list[str], prompts: list[list[int]]) -> torch.Tensor:
+    def _score_batch(self, processor: OFAProcessor, images: list[ImageSource], keys: list[str],
+                     prompts: list[list[int]]) -> torch.Tensor:
         unique = list(dict.fromkeys(keys))
         first = {k: images[keys.index(k)] for k in unique}
-        pixels = torch.stack([image_to_tensor(load_image(first[k]), self.preprocess) for k in unique])
+        pixels = torch.stack([processor.image_tensor(load_image(first[k])) for k in unique])
         pixels = pixels.to(self.device, self.dtype)
-        features = torch.cat([self.model.image_features(chunk)  # (U, 1024, h, w), one per distinct image
+        features = torch.cat([self.model.image_features(chunk)  # (U, RESNET_CHANNELS, h, w), one per image
                               for chunk in pixels.split(self.image_batch)])
-        features = features[torch.tensor([unique.index(k) for k in keys], device=self.device)]  # (B, 1024, h, w)
-        probs = torch.empty(len(prompts), self.answer_ids.numel())
+        features = features[torch.tensor([unique.index(k) for k in keys], device=self.device)]
+        probs = torch.empty(len(prompts), len(LABELS))
         for rows in self._text_groups(prompts):
-            text = collate_prompts([prompts[i] for i in rows])
-            logits = self.model.score_answers(text.input_ids.to(self.device), text.decoder_input_ids.to(self.device),
-                                              text.answer_positions.to(self.device), self.answer_ids,
-                                              image_features=features[rows])
+            text = processor.collate([prompts[i] for i in rows])
+            logits = self.model(**text.model_inputs(self.device), image_features=features[rows])  # (b, 3)
             probs[rows] = logits.float().softmax(-1).cpu()
         return probs
 
@@ -209,24 +227,27 @@ class Predictor:
             groups.setdefault(len(prompt), []).append(i)
         return list(groups.values())
 
+    def _adapter_name(self, name: str | None) -> str:
+        """`name` checked: None = the default (first loaded adapter, else the base)."""
+        if name is None:
+            return self.adapter_names[0] if self.adapter_names else BASE
+        if name != BASE and name not in self.adapter_names:
+            loaded = ", ".join(self.adapter_names) or "none"
+            raise VeloraError(f"unknown adapter {name!r}; loaded adapters: {loaded} ({BASE!r} = adapters off)")
+        return name
+
     def _adapter(self, name: str | None):
         """Context selecting which adapter scores: None = the default (first loaded), BASE = adapters off."""
-        import contextlib
-
+        name = self._adapter_name(name)
         if self.peft_model is None:
-            if name not in (None, BASE):
-                raise VeloraError(f"unknown adapter {name!r}: this model has no adapters")
             return contextlib.nullcontext()
         if name == BASE:
             return self.peft_model.disable_adapter()
-        name = name or self.adapter_names[0]
-        if name not in self.adapter_names:
-            raise VeloraError(f"unknown adapter {name!r}; loaded: {', '.join(self.adapter_names)}")
         self.peft_model.set_adapter(name)
         return contextlib.nullcontext()
 
 
-def _quantize(model: OFAModel, peft_model, mode: str, device: torch.device):
+def _quantize(model: OFAForVisualEntailment, peft_model, mode: str, device: torch.device):
     """int8 dynamic quantization of every Linear (CPU only); an adapter is merged in first."""
     if mode != "int8":
         raise VeloraError(f"unknown quantization {mode!r}; only 'int8' (dynamic, CPU) is supported")
@@ -234,8 +255,6 @@ def _quantize(model: OFAModel, peft_model, mode: str, device: torch.device):
         raise VeloraError("int8 dynamic quantization runs on CPU only; drop --quantize or use --device cpu")
     if peft_model is not None:
         model = peft_model.merge_and_unload()
-    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
-
     # the output projection stays float: it is the tied embedding matrix, read row-wise for the answer tokens
     linears = {name: default_dynamic_qconfig for name, module in model.named_modules()
                if isinstance(module, torch.nn.Linear) and name != "decoder.output_projection"}

@@ -24,13 +24,11 @@ import torch.nn.functional as F
 from transformers import Trainer, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from velora.adapters import resolve_full_model_dir
+from velora.bundle import ModelBundle
 from velora.convert import convert
 from velora.data import load_training_splits
 from velora.errors import VeloraError
 from velora.labels import LABELS
-from velora.ofa.checkpoint import load_pretrained
-from velora.ofa.preprocess import PreprocessConfig, answer_token_ids, load_tokenizer
 from velora.train_args import RunArguments, TrainArguments, parse_train_args
 from velora.train_data import ImageStore, VECollator, build_split
 from velora.train_report import (VeloraLogCallback, TrainerStateFileCallback, compute_eval_metrics,
@@ -51,7 +49,7 @@ class VETrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
-        logits = model(**inputs).logits  # (B, 3): entailment, contradiction, neutral
+        logits = model(**inputs)  # (B, 3): entailment, contradiction, neutral
         weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
         loss = F.cross_entropy(logits.float(), labels, weight=weight)
         return (loss, {"logits": logits}) if return_outputs else loss
@@ -117,13 +115,13 @@ def check_output_dir(output_dir: Path, run: RunArguments, resuming: bool) -> Non
         shutil.rmtree(output_dir)
 
 
-def load_base(model_path: str, lora) -> tuple:
-    """The frozen base model with a fresh LoRA adapter on it."""
+def load_base(model_path: str, lora, image_size: int | None = None) -> tuple:
+    """The base model's bundle, the frozen model and a fresh LoRA adapter on it."""
     from peft import LoraConfig, get_peft_model
 
-    model_dir = resolve_full_model_dir(model_path, "train from its base model (or merge it first with `velora "
-                                                   "merge`)")
-    model = load_pretrained(model_dir)
+    bundle = ModelBundle.resolve_base(model_path, image_size=image_size, flag="--model_name_or_path",
+                                      advice="train from its base model (or merge it first with `velora merge`)")
+    model = bundle.load_model()
     targets = [t.strip() for t in lora.lora_target_modules.split(",") if t.strip()]
     config = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
                         target_modules=targets, bias="none")
@@ -131,13 +129,8 @@ def load_base(model_path: str, lora) -> tuple:
         peft_model = get_peft_model(model, config)
     except ValueError as e:
         raise VeloraError(f"--lora_target_modules {lora.lora_target_modules}: {e}") from None
-    peft_model.peft_config["default"].base_model_name_or_path = base_reference(model_path, model_dir)
-    return model_dir, model, peft_model
-
-
-def base_reference(model_path: str, model_dir: Path) -> str:
-    """How the adapter names its base: the hub id as given, else the absolute directory."""
-    return model_path if not Path(model_path).expanduser().exists() else str(model_dir.resolve())
+    peft_model.peft_config["default"].base_model_name_or_path = bundle.base_reference
+    return bundle, model, peft_model
 
 
 def load_data(args: TrainArguments, output_dir: Path):
@@ -216,30 +209,27 @@ def train(args: TrainArguments) -> dict:
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "runs")
 
     set_seed(args.training.seed)  # the LoRA initialisation too
-    model_dir, model, peft_model = load_base(args.model.model_name_or_path, args.lora)
+    bundle, model, peft_model = load_base(args.model.model_name_or_path, args.lora, args.model.image_size)
     print(trainable_summary(peft_model))
     if hint := precision_hint(args.training):
         print(hint)
-    tokenizer = load_tokenizer(model_dir)
-    preprocess = PreprocessConfig.from_model_dir(model_dir, image_size=args.model.image_size)
 
     with args.training.main_process_first(desc="converting the training file"):
         dataset = load_data(args, output_dir)
-    store, index = ImageStore(preprocess, []), {}
-    train_set = build_split(dataset["train"], "train", tokenizer, preprocess, store, index)
-    eval_set = build_split(dataset["validation"], "validation", tokenizer, preprocess, store, index) \
+    store, index = ImageStore(bundle.processor, []), {}
+    train_set = build_split(dataset["train"], "train", store, index)
+    eval_set = build_split(dataset["validation"], "validation", store, index) \
         if "validation" in dataset and len(dataset["validation"]) else None
     if args.data.cache_image_features and feature_cache_allowed(peft_model):
         store.cache_features(model, args.training.device)
-    model.encoder.image_bias_cache = {}  # used only while the position weights are frozen (LoRA)
-    collator = VECollator(store, torch.tensor(answer_token_ids(tokenizer)))
+    collator = VECollator(store)
     args.training.eval_on_start = eval_set is not None and resume is None  # the base model's baseline at step 0
     if eval_set is None:
         print("No validation split: training without evaluation; the last checkpoint is the result")
         args.training.eval_strategy = "no"
         args.training.load_best_model_at_end = False
 
-    save_run_file(output_dir, args, model_dir)
+    save_run_file(output_dir, args, bundle)
     trainer = VETrainer(model=peft_model, args=args.training, train_dataset=train_set, eval_dataset=eval_set,
                         data_collator=collator, compute_metrics=compute_eval_metrics,
                         class_weights=class_weights(args.data.class_weights, train_set.labels),
@@ -253,34 +243,31 @@ def train(args: TrainArguments) -> dict:
                           "or lower --image_size") from None
 
     if trainer.is_world_process_zero():
-        return save_outputs(trainer, output_dir, model_dir, preprocess, args)
+        return save_outputs(trainer, output_dir, bundle, args)
     return {}
 
 
-def save_run_file(output_dir: Path, args: TrainArguments, model_dir: Path) -> None:
+def save_run_file(output_dir: Path, args: TrainArguments, bundle: ModelBundle) -> None:
     if os.environ.get("LOCAL_RANK", "0") != "0":
         return
     write_json_atomic(output_dir / RUN_FILE, {
-        "base_model": base_reference(args.model.model_name_or_path, model_dir),
+        "base_model": bundle.base_reference,
         "model": asdict(args.model), "data": asdict(args.data), "lora": asdict(args.lora),
         "training": {k: v for k, v in args.training.to_dict().items() if not k.startswith("_")},
     })
 
 
-def save_outputs(trainer: VETrainer, output_dir: Path, model_dir: Path, preprocess: PreprocessConfig,
-                 args: TrainArguments) -> dict:
+def save_outputs(trainer: VETrainer, output_dir: Path, bundle: ModelBundle, args: TrainArguments) -> dict:
     """The best adapter (PEFT layout) + tokenizer + preprocessing, then metrics.json and the training curve."""
     trainer.save_model(str(output_dir))  # adapter_config.json + adapter_model.safetensors of the loaded best model
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copyfile(model_dir / name, output_dir / name)
-    preprocess.save(output_dir)
+    bundle.processor.save_pretrained(output_dir)
     history = trainer.state.log_history
     evals = [h for h in history if "eval_accuracy" in h]
     baseline = next((h for h in evals if h.get("step", 0) == 0), None)
     best_step = _step_of(trainer.state.best_model_checkpoint)
     final = next((h for h in evals if h.get("step") == best_step), evals[-1] if evals else None)
     metrics = {
-        "base_model": str(model_dir),
+        "base_model": str(bundle.base_dir),
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "baseline": _eval_summary(baseline),
         "final": _eval_summary(final),

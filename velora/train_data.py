@@ -14,17 +14,16 @@ import torch
 from tqdm.auto import tqdm
 
 from velora.errors import VeloraError
-from velora.images import load_image
 from velora.labels import LABELS, normalize_label
 from velora.ofa.model import OFAModel
-from velora.ofa.preprocess import PreprocessConfig, collate_prompts, encode_prompt, image_to_tensor
+from velora.ofa.processor import OFAProcessor
 
 
 @dataclass
 class ImageStore:
     """Distinct images, either as cached ResNet features or as encoded bytes decoded per batch."""
 
-    preprocess: PreprocessConfig
+    processor: OFAProcessor
     encoded: list[bytes]
     features: torch.Tensor | None = None  # (N_images, 1024, h, w) when cached
 
@@ -35,7 +34,7 @@ class ImageStore:
     def batch(self, indices: list[int]) -> torch.Tensor:
         if self.features is not None:
             return self.features[indices]
-        return torch.stack([image_to_tensor(load_image(self.encoded[i]), self.preprocess) for i in indices])
+        return self.processor.pixel_values([self.encoded[i] for i in indices])
 
     @torch.inference_mode()
     def cache_features(self, model: OFAModel, device: torch.device, batch_size: int = 8) -> None:
@@ -68,15 +67,12 @@ class VEDataset(torch.utils.data.Dataset):
 @dataclass
 class VECollator:
     store: ImageStore
-    answer_ids: torch.Tensor  # (3,) answer token ids in LABELS order
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        text = collate_prompts([item["prompt"] for item in items])
+        """The keyword arguments of OFAForVisualEntailment.forward, plus `labels`."""
+        text = self.store.processor.collate([item["prompt"] for item in items])
         return {
-            "input_ids": text.input_ids,
-            "decoder_input_ids": text.decoder_input_ids,
-            "answer_positions": text.answer_positions,
-            "answer_ids": self.answer_ids,
+            **text.model_inputs(),
             self.store.input_name: self.store.batch([item["image"] for item in items]),
             "labels": torch.tensor([item["label"] for item in items]),
         }
@@ -95,8 +91,7 @@ def label_names(split, split_name: str) -> list[str]:
     return [normalize_label(n) for n in names]
 
 
-def build_split(split, split_name: str, tokenizer, preprocess: PreprocessConfig, store: ImageStore,
-                image_index: dict[str, int]) -> VEDataset:
+def build_split(split, split_name: str, store: ImageStore, image_index: dict[str, int]) -> VEDataset:
     """Tokenise one split and register its images (deduplicated by content across splits) in `store`."""
     names = label_names(split, split_name)
     missing = [c for c in ("image", "hypothesis", "label") if c not in split.column_names]
@@ -115,7 +110,7 @@ def build_split(split, split_name: str, tokenizer, preprocess: PreprocessConfig,
             image_index[key] = len(store.encoded)
             store.encoded.append(data)
         try:
-            prompts.append(encode_prompt(tokenizer, hypothesis, premise, preprocess))
+            prompts.append(store.processor.encode_text(hypothesis, premise))
         except VeloraError as e:
             raise VeloraError(f"{split_name} split, row {row}: {e}") from None
         images.append(image_index[key])

@@ -1,21 +1,23 @@
-"""Reading released OFA checkpoints (hub layout) into `OFAModel`, and writing them back.
+"""Reading released OFA checkpoints (a local directory in the hub layout) into `OFAModel`, and writing them back.
 
 A hub directory holds `config.json` and `pytorch_model.bin` or `model.safetensors` (plus tokenizer files and
-ModelScope's `configuration.json`). Foreign state_dicts go through one `checkpoint_filter_fn`, timm-style.
+ModelScope's `configuration.json`, which `velora.ofa.processor` reads). Foreign state_dicts go through one
+`checkpoint_filter_fn`, timm-style. Hub ids are resolved before this module (`velora.hub`, `velora.bundle`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from velora.errors import VeloraError
 from velora.ofa.config import OFAConfig
-from velora.ofa.model import (OFAModel, decoder_image_position_idx, make_image_bucket_position,
-                              make_token_bucket_position)
+from velora.ofa.model import OFAModel
+from velora.ofa.positions import derived_buffers
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -27,19 +29,6 @@ SWAPS: list[tuple[str, str]] = []
 
 # One matrix, three names: encoder input, decoder input and output projection (share_decoder_input_output_embed).
 TIED_EMBEDDINGS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
-
-
-def derived_buffers(config: OFAConfig) -> dict[str, torch.Tensor]:
-    """Index buffers computed from the config; checkpoints may or may not carry them."""
-    image = make_image_bucket_position(config.image_bucket_size)
-    token = make_token_bucket_position(config.token_bucket_size, config.max_position_embeddings)
-    return {
-        "encoder.image_rp_bucket": image,
-        "encoder.token_rp_bucket": token,
-        "decoder.image_position_idx": decoder_image_position_idx(config),
-        "decoder.image_rp_bucket": image,
-        "decoder.token_rp_bucket": token,
-    }
 
 
 def _format_keys(keys: list[str], limit: int = 12) -> str:
@@ -129,72 +118,49 @@ def tie_weights(model: OFAModel) -> None:
         model.decoder.output_projection.weight = model.encoder.embed_tokens.weight
 
 
-def build_model(config: OFAConfig, state_dict: dict[str, torch.Tensor]) -> OFAModel:
-    """An OFAModel holding `state_dict`'s tensors, built on the meta device first (no random init, no copy)."""
+def build_model(config: OFAConfig, state_dict: dict[str, torch.Tensor], model_cls: type[OFAModel] = OFAModel,
+                **init_kwargs: Any) -> OFAModel:
+    """A `model_cls` holding `state_dict`'s tensors, built on the meta device first (no random init, no copy)."""
     with torch.device("meta"):
-        model = OFAModel(config)
+        model = model_cls(config, **init_kwargs)
     state_dict = checkpoint_filter_fn(state_dict, model)
     model.load_state_dict(state_dict, strict=True, assign=True)
     tie_weights(model)
     return model.eval()
 
 
-def load_pretrained(path: str | Path, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None) -> OFAModel:
-    """OFAModel from a hub-layout directory or a hub id (resolved by `velora.hub.resolve_model_dir`).
-
-    Returned in eval mode, on `device` (default CPU) and in `dtype` (default: as stored).
-    """
-    from velora.hub import resolve_model_dir
-
-    model_dir = resolve_model_dir(path)
-    model = build_model(read_config(model_dir), read_state_dict(model_dir))
+def load_pretrained(model_dir: str | Path, model_cls: type[OFAModel] = OFAModel, *,
+                    device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                    **init_kwargs: Any) -> OFAModel:
+    """`model_cls` (OFAModel or a head on it) from a local hub-layout directory, in eval mode, on `device` (default
+    CPU) and in `dtype` (default: as stored)."""
+    model_dir = Path(model_dir)
+    model = build_model(read_config(model_dir), read_state_dict(model_dir), model_cls, **init_kwargs)
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model
 
 
-def save_pretrained(model: OFAModel, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write config.json + model.safetensors (tied embeddings stored once) in the hub layout."""
+def save_model(model: OFAModel, directory: str | Path, dtype: torch.dtype | None = None,
+               weights_format: str = "safetensors") -> Path:
+    """config.json + the weights in the hub layout: `model.safetensors` (tied embeddings and derived buffers stored
+    once / not at all, as safetensors requires) or, with weights_format "bin", `pytorch_model.bin` holding every key
+    as the released checkpoints do."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save(directory)
-    state = model.state_dict()
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+             for k, v in model.state_dict().items()}
+    if weights_format == "bin":
+        torch.save(state, directory / "pytorch_model.bin")
+        return directory
     if model.config.share_decoder_input_output_embed:
         for key in TIED_EMBEDDINGS[1:]:
             state.pop(key)
     for key in derived_buffers(model.config):
         state.pop(key)
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-             for k, v in state.items()}
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    return directory
-
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "bart"  # the BART BPE files OFA uses
-
-
-def save_model_dir(model: OFAModel, directory: str | Path, preprocess=None, tokenizer_dir: str | Path | None = None,
-                   dtype: torch.dtype | None = None, weights_format: str = "safetensors") -> Path:
-    """A complete hub-layout model directory: config.json, weights, vocab.json + merges.txt, configuration.json.
-
-    `weights_format` "bin" writes `pytorch_model.bin` (all keys, like the released checkpoints) instead.
-    """
-    import shutil
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if weights_format == "bin":
-        model.config.save(directory)
-        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
-                 for k, v in model.state_dict().items()}
-        torch.save(state, directory / "pytorch_model.bin")
-    else:
-        save_pretrained(model, directory, dtype=dtype)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copyfile(Path(tokenizer_dir or ASSETS) / name, directory / name)
-    if preprocess is not None:
-        preprocess.save(directory)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"),
+              metadata={"format": "pt"})
     return directory
 
 

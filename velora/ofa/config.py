@@ -23,6 +23,24 @@ RESNET_LAYERS: dict[str, tuple[int, int, int]] = {
 }
 
 
+# Sizes a config may ask for: generous bounds around the released models (OFA-huge: d_model 1280, 24 layers), so a
+# corrupt or hostile config.json fails at once instead of allocating for minutes.
+SIZE_LIMITS: dict[str, tuple[int, int]] = {
+    "vocab_size": (8, 1_000_000),
+    "d_model": (8, 8192),
+    "encoder_layers": (1, 96),
+    "decoder_layers": (1, 96),
+    "encoder_attention_heads": (1, 128),
+    "decoder_attention_heads": (1, 128),
+    "encoder_ffn_dim": (8, 65536),
+    "decoder_ffn_dim": (8, 65536),
+    "max_position_embeddings": (8, 8192),
+    "token_bucket_size": (2, 4096),
+    "image_bucket_size": (2, 128),
+    "code_image_size": (8, 4096),
+}
+
+
 @dataclass
 class OFAConfig:
     vocab_size: int = 59457  # 50265 BART tokens + 8192 <code_i> + 1000 <bin_i>
@@ -63,15 +81,23 @@ class OFAConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        assert self.resnet_type in RESNET_LAYERS, (
-            f"resnet_type {self.resnet_type!r} is not supported; expected one of {sorted(RESNET_LAYERS)}"
-        )
+        for name, (low, high) in SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} = {value!r}: must be a whole number in {low}..{high:,}")
+        if self.resnet_type not in RESNET_LAYERS:
+            raise ValueError(f"resnet_type {self.resnet_type!r} is not supported; expected one of "
+                             f"{sorted(RESNET_LAYERS)}")
         for side in ("encoder", "decoder"):
             d, h = self.d_model, getattr(self, f"{side}_attention_heads")
-            assert d % h == 0, f"d_model {d} is not divisible by {side}_attention_heads {h}"
-        assert self.encoder_normalize_before and self.decoder_normalize_before, (
-            "only pre-norm OFA (encoder/decoder_normalize_before = true) is supported, as in every released checkpoint"
-        )
+            if d % h:
+                raise ValueError(f"d_model {d} is not divisible by {side}_attention_heads {h}")
+        if not (self.encoder_normalize_before and self.decoder_normalize_before):
+            raise ValueError("only pre-norm OFA (encoder/decoder_normalize_before = true) is supported, as in every "
+                             "released checkpoint")
+        if self.code_image_size // 8 > self.image_bucket_size:
+            raise ValueError(f"code_image_size {self.code_image_size} needs a grid of {self.code_image_size // 8} "
+                             f"image codes a side, over image_bucket_size {self.image_bucket_size}")
         unsupported = {k: v for k, v in self.extra.items() if k in _UNSUPPORTED and v != _UNSUPPORTED[k]}
         if unsupported:
             raise ValueError(f"OFA variant not supported by velora (visual entailment with ResNet): {unsupported}")

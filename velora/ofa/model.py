@@ -1,8 +1,9 @@
-"""OFA (Wang et al., ICML 2022) for visual entailment: a ResNet stem and a pre-norm transformer encoder-decoder.
+"""OFA (Wang et al., ICML 2022): a ResNet stem and a pre-norm transformer encoder-decoder.
 
-Modules in forward order: ResNet stem (`velora.ofa.resnet`), position buckets, attention, encoder layer, decoder layer, encoder,
-decoder, model. Module and parameter names follow the released checkpoints exactly, so a hub state_dict loads
-key for key (see `velora.ofa.checkpoint`).
+Modules in forward order: ResNet stem (`velora.ofa.resnet`), attention, encoder layer, decoder layer, the image
+bias cache, encoder, decoder, model. Position buckets live in `velora.ofa.positions`, the visual-entailment head in
+`velora.ofa.entailment`. Module and parameter names follow the released checkpoints exactly, so a hub state_dict
+loads key for key (see `velora.ofa.checkpoint`).
 
 Shapes: B batch, L text tokens, P image tokens (h*w of the stride-16 feature map), S = P + L encoder length,
 T decoder length, C d_model, H heads, hs head size.
@@ -13,12 +14,16 @@ What OFA adds to a BART-like transformer:
   2-D image buckets);
 - NormFormer: a per-head scale `c_attn` before `out_proj`, a LayerNorm after each attention block and one inside
   the FFN.
+
+Padding: an attention mask is applied only when the caller passes one (`attention_mask` to `encode`; the decoder
+follows the encoder). There is no data-dependent branch, so `torch.export` traces the model; `OFAModel.forward`
+(the reference contract) always derives the mask from the pad ids.
 """
 
 from __future__ import annotations
 
-import functools
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -27,81 +32,10 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from velora.ofa.config import RESNET_LAYERS, OFAConfig
-from velora.ofa.resnet import DropPath, ResNet, drop_path_rates
-
-# ----------------------------------------------------------------------------------------------------------------
-# Relative-position buckets (derived from the config; checkpoints may or may not carry them)
-
-
-@functools.lru_cache(maxsize=8)
-def make_token_bucket_position(bucket_size: int, max_position: int) -> torch.Tensor:
-    """(max_position, max_position) bucket index of each text (query, key) pair: exact near, log-spaced far.
-    Computed on the CPU once per size (also under a meta-device context) and shared; never modified in place."""
-    positions = torch.arange(max_position, device="cpu")
-    relative = positions[:, None] - positions[None, :]
-    sign = torch.sign(relative)
-    mid = bucket_size // 2
-    abs_pos = torch.where((relative < mid) & (relative > -mid), torch.full_like(relative, mid - 1), relative.abs())
-    log_pos = torch.ceil(torch.log(abs_pos / mid) / math.log((max_position - 1) / mid) * (mid - 1)) + mid
-    bucket = torch.where(abs_pos.le(mid), relative, log_pos.int() * sign).long()
-    return bucket + bucket_size - 1
-
-
-@functools.lru_cache(maxsize=8)
-def make_image_bucket_position(bucket_size: int) -> torch.Tensor:
-    """(N+1, N+1) bucket index of each pair of image grid cells (N = bucket_size**2; row/col 0 are special).
-    Computed on the CPU once per size and shared, like the token buckets."""
-    num_buckets = (2 * bucket_size - 1) ** 2 + 3
-    axis = torch.arange(bucket_size, device="cpu")
-    coords = torch.stack(torch.meshgrid(axis, axis, indexing="ij"))
-    coords = coords.flatten(1)  # (2, N)
-    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (bucket_size - 1)  # (N, N, 2)
-    n = bucket_size * bucket_size
-    index = torch.zeros(n + 1, n + 1, dtype=torch.long, device="cpu")
-    index[1:, 1:] = relative[..., 0] * (2 * bucket_size - 1) + relative[..., 1]
-    index[0, :] = num_buckets - 3
-    index[:, 0] = num_buckets - 2
-    index[0, 0] = num_buckets - 1
-    return index
-
-
-def image_position_ids(h: int, w: int, bucket_size: int, device: torch.device | None = None) -> torch.Tensor:
-    """(h*w,) index of each image token into the (bucket_size**2 + 1) image position table; 0 is reserved."""
-    assert h <= bucket_size and w <= bucket_size, (
-        f"image grid {h}x{w} exceeds image_bucket_size {bucket_size}: use an image size <= {16 * bucket_size} px"
-    )
-    rows = torch.arange(h, device=device)[:, None] * bucket_size
-    return (rows + torch.arange(w, device=device)[None, :] + 1).flatten()
-
-
-def decoder_image_position_idx(config: OFAConfig) -> torch.Tensor:
-    """Image-code position index of the decoder (used by OFA's image generation; part of the checkpoint layout)."""
-    window = config.code_image_size // 8
-    grid = image_position_ids(window, window, config.image_bucket_size, torch.device("cpu"))
-    return torch.cat([torch.tensor([0], device="cpu"), grid, torch.full((768,), 1024, device="cpu")])
-
-
-def position_qk(q_linear: nn.Linear, k_linear: nn.Linear, pos: torch.Tensor, num_heads: int, scaling: float
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, C) position embeddings -> scaled queries and keys (H, N, hs) of OFA's absolute-position bias."""
-    N = pos.shape[0]
-    q = q_linear(pos).view(N, num_heads, -1).transpose(0, 1) * scaling
-    k = k_linear(pos).view(N, num_heads, -1).transpose(0, 1)
-    return q, k
-
-
-def position_bias(q_linear: nn.Linear, k_linear: nn.Linear, q_pos: torch.Tensor, k_pos: torch.Tensor,
-                  num_heads: int, scaling: float) -> torch.Tensor:
-    """OFA's absolute-position attention bias: (T, C) and (S, C) position embeddings -> (H, T, S)."""
-    T, S = q_pos.shape[0], k_pos.shape[0]
-    q = q_linear(q_pos).view(T, num_heads, -1).transpose(0, 1) * scaling  # (H, T, hs)
-    k = k_linear(k_pos).view(S, num_heads, -1).transpose(0, 1)  # (H, S, hs)
-    return q @ k.transpose(1, 2)
-
-
-def rel_bias(table: nn.Embedding, buckets: torch.Tensor) -> torch.Tensor:
-    """(T, S) bucket indices -> (H, T, S) learned bias (gathered head-major, so the result is contiguous)."""
-    return table.weight.t()[:, buckets]
+from velora.ofa.positions import (decoder_image_position_idx, image_position_ids, make_image_bucket_position,
+                                  make_token_bucket_position, num_image_buckets, num_token_buckets, position_bias,
+                                  position_qk, rel_bias)
+from velora.ofa.resnet import RESNET_CHANNELS, DropPath, ResNet, drop_path_rates
 
 
 def masked_bias(bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -148,83 +82,145 @@ class OFAAttention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
-def _ffn(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """fc1 -> activation -> (NormFormer ffn_layer_norm) -> fc2 -> dropout, on an encoder or decoder layer."""
-    x = layer.activation_dropout(layer.activation_fn(layer.fc1(x)))
-    if layer.ffn_layer_norm is not None:
-        x = layer.ffn_layer_norm(x)
-    return layer.dropout(layer.fc2(x))
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 
 
-def _activation(name: str):
-    activations = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
-    assert name in activations, f"activation_function {name!r} not supported; expected one of {sorted(activations)}"
-    return activations[name]
+class _Layer(nn.Module):
+    """What encoder and decoder layers share: the attention-block residual and the FFN block (fc1, activation,
+    NormFormer's ffn_layer_norm, fc2) with its dropouts, final LayerNorm and drop-path."""
 
-
-class EncoderLayer(nn.Module):
-    def __init__(self, config: OFAConfig, drop_path: float = 0.0):
-        super().__init__()
-        d, ffn = config.d_model, config.encoder_ffn_dim
-        self.self_attn = OFAAttention(d, config.encoder_attention_heads, config.attention_dropout,
-                                      config.attn_scale_factor, scale_heads=config.normformer)
-        self.self_attn_layer_norm = nn.LayerNorm(d)
-        self.self_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
+    def _init_ffn(self, config: OFAConfig, ffn_dim: int, drop_path: float) -> None:
+        """Called after the attention modules, so parameters register in the checkpoint's order."""
+        d = config.d_model
+        assert config.activation_function in ACTIVATIONS, (
+            f"activation_function {config.activation_function!r} not supported; expected one of {sorted(ACTIVATIONS)}")
         self.dropout = nn.Dropout(config.dropout)
-        self.activation_fn = _activation(config.activation_function)
+        self.activation_fn = ACTIVATIONS[config.activation_function]
         self.activation_dropout = nn.Dropout(config.activation_dropout)
-        self.fc1 = nn.Linear(d, ffn)
-        self.fc2 = nn.Linear(ffn, d)
-        self.ffn_layer_norm = nn.LayerNorm(ffn) if config.normformer else None
+        self.fc1 = nn.Linear(d, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, d)
+        self.ffn_layer_norm = nn.LayerNorm(ffn_dim) if config.normformer else None
         self.final_layer_norm = nn.LayerNorm(d)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def _attention_block(self, x: torch.Tensor, attn: OFAAttention, norm: nn.LayerNorm, mid_norm: nn.Module | None,
+                         bias: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+        """x + drop_path(dropout(mid_norm(attn(norm(x)))))."""
+        h = attn(norm(x), kv=kv, bias=bias)
+        if mid_norm is not None:
+            h = mid_norm(h)
+        return x + self.drop_path(self.dropout(h))
+
+    def _ffn_block(self, x: torch.Tensor) -> torch.Tensor:
+        """x + drop_path(fc2(ffn_layer_norm(activation(fc1(final_layer_norm(x))))))."""
+        h = self.activation_dropout(self.activation_fn(self.fc1(self.final_layer_norm(x))))
+        if self.ffn_layer_norm is not None:
+            h = self.ffn_layer_norm(h)
+        return x + self.drop_path(self.dropout(self.fc2(h)))
+
+
+def _attention(config: OFAConfig, heads: int) -> OFAAttention:
+    return OFAAttention(config.d_model, heads, config.attention_dropout, config.attn_scale_factor,
+                        scale_heads=config.normformer)
+
+
+class EncoderLayer(_Layer):
+    def __init__(self, config: OFAConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.self_attn = _attention(config, config.encoder_attention_heads)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.self_attn_mid_layer_norm = nn.LayerNorm(config.d_model) if config.normformer else None
+        self._init_ffn(config, config.encoder_ffn_dim, drop_path)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        h = self.self_attn(self.self_attn_layer_norm(x), bias=bias)
-        if self.self_attn_mid_layer_norm is not None:
-            h = self.self_attn_mid_layer_norm(h)
-        x = x + self.drop_path(self.dropout(h))
-        return x + self.drop_path(_ffn(self, self.final_layer_norm(x)))
+        x = self._attention_block(x, self.self_attn, self.self_attn_layer_norm, self.self_attn_mid_layer_norm, bias)
+        return self._ffn_block(x)
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_Layer):
     def __init__(self, config: OFAConfig, drop_path: float = 0.0):
         super().__init__()
-        d, heads, ffn = config.d_model, config.decoder_attention_heads, config.decoder_ffn_dim
-        self.self_attn = OFAAttention(d, heads, config.attention_dropout, config.attn_scale_factor,
-                                      scale_heads=config.normformer)
-        self.dropout = nn.Dropout(config.dropout)
-        self.activation_fn = _activation(config.activation_function)
-        self.activation_dropout = nn.Dropout(config.activation_dropout)
+        d, heads = config.d_model, config.decoder_attention_heads
+        self.self_attn = _attention(config, heads)
         self.self_attn_layer_norm = nn.LayerNorm(d)
         self.self_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
-        self.cross_attn = OFAAttention(d, heads, config.attention_dropout, config.attn_scale_factor,
-                                       scale_heads=config.normformer)
+        self.cross_attn = _attention(config, heads)
         self.cross_attn_layer_norm = nn.LayerNorm(d)
         self.cross_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
-        self.fc1 = nn.Linear(d, ffn)
-        self.fc2 = nn.Linear(ffn, d)
-        self.ffn_layer_norm = nn.LayerNorm(ffn) if config.normformer else None
-        self.final_layer_norm = nn.LayerNorm(d)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self._init_ffn(config, config.decoder_ffn_dim, drop_path)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, self_bias: torch.Tensor, cross_bias: torch.Tensor
                 ) -> torch.Tensor:
-        h = self.self_attn(self.self_attn_layer_norm(x), bias=self_bias)
-        if self.self_attn_mid_layer_norm is not None:
-            h = self.self_attn_mid_layer_norm(h)
-        x = x + self.drop_path(self.dropout(h))
-        h = self.cross_attn(self.cross_attn_layer_norm(x), kv=memory, bias=cross_bias)
-        if self.cross_attn_mid_layer_norm is not None:
-            h = self.cross_attn_mid_layer_norm(h)
-        x = x + self.drop_path(self.dropout(h))
-        return x + self.drop_path(_ffn(self, self.final_layer_norm(x)))
+        x = self._attention_block(x, self.self_attn, self.self_attn_layer_norm, self.self_attn_mid_layer_norm,
+                                  self_bias)
+        x = self._attention_block(x, self.cross_attn, self.cross_attn_layer_norm, self.cross_attn_mid_layer_norm,
+                                  cross_bias, kv=memory)
+        return self._ffn_block(x)
 
 
 def _run_layer(layer: nn.Module, use_checkpoint: bool, *args: torch.Tensor) -> torch.Tensor:
     if use_checkpoint and torch.is_grad_enabled():
         return checkpoint(layer, *args, use_reentrant=False)
     return layer(*args)
+
+
+def _relative_position_tables(config: OFAConfig, heads: int, layers: int) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """Per-layer (or one shared) learned relative-position bias tables: text buckets and 2-D image buckets."""
+    tables = 1 if config.share_attn_bias else layers
+    token = nn.ModuleList([nn.Embedding(num_token_buckets(config.token_bucket_size), heads) for _ in range(tables)])
+    image = nn.ModuleList([nn.Embedding(num_image_buckets(config.image_bucket_size), heads) for _ in range(tables)])
+    return token, image
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The image bias cache
+
+
+class ImageBiasCache:
+    """The encoder's text-independent image terms (image positions, their query/key projections and every layer's
+    image-image bias block), kept per image grid: they hold layers x H x P x P floats and cost as much as the
+    attention itself to rebuild, yet change only when the position weights do.
+
+    The encoder owns the one instance and asks it for every forward; it decides here, and only here, whether
+    an entry may be used:
+      - never while tracing or exporting (the terms would be baked into the graph as constants);
+      - never while the position modules are wrapped (e.g. by a LoRA adapter: the result depends on which adapter
+        is active) or train with gradients on;
+      - an entry is keyed by the grid, device, dtype and a checksum of the position weights, so an optimizer step
+        or a merged adapter can never be served stale terms.
+    """
+
+    PLAIN = (nn.Embedding, nn.LayerNorm, nn.Linear, nn.ModuleList)
+
+    def __init__(self, max_entries: int = 2):
+        self.max_entries = max_entries
+        self.entries: OrderedDict = OrderedDict()
+
+    def key(self, modules: list[nn.Module], grid: tuple[int, int], device: torch.device) -> tuple | None:
+        """The entry key for this call, or None when no cached value may be used or stored."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+            return None
+        if any(type(m) not in self.PLAIN for module in modules for m in module.modules()):
+            return None
+        params = [p for module in modules for p in module.parameters()]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return None
+        with torch.no_grad():
+            checksum = tuple(torch.stack([p.detach().float().sum() for p in params]).tolist())
+        return grid, device, params[0].dtype, torch.is_inference_mode_enabled(), checksum
+
+    def get(self, key: tuple | None):
+        if key is None or key not in self.entries:
+            return None
+        self.entries.move_to_end(key)
+        return self.entries[key]
+
+    def put(self, key: tuple | None, value) -> None:
+        if key is None:
+            return
+        self.entries[key] = value
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -234,7 +230,7 @@ def _run_layer(layer: nn.Module, use_checkpoint: bool, *args: torch.Tensor) -> t
 @dataclass
 class EncoderOutput:
     last_hidden_state: torch.Tensor  # (B, S, C)
-    padding_mask: torch.Tensor  # (B, S) True where a token is padding (or a masked image)
+    padding_mask: torch.Tensor | None  # (B, S) True where a token is padding (or a masked image); None: no padding
     position_embedding: torch.Tensor  # (S, C) LayerNorm-ed positions, image first; the decoder's cross bias uses them
 
 
@@ -247,12 +243,12 @@ class OFAEncoder(nn.Module):
         self.embed_scale = math.sqrt(d) if config.scale_embedding else 1.0
         self.pos_scaling = (d / heads * config.attn_scale_factor) ** -0.5
         self.gradient_checkpointing = False
-        self.image_bias_cache: dict | None = None  # None: off; see _image_position_terms
+        self.image_bias_cache = ImageBiasCache()
 
         self.embed_tokens = embed_tokens
         self.type_embedding = nn.Embedding(2, d) if config.add_type_embedding else None  # 0 text, 1 image
         self.embed_images = ResNet(RESNET_LAYERS[config.resnet_type], config.resnet_drop_path_rate)
-        self.image_proj = nn.Linear(1024, d)
+        self.image_proj = nn.Linear(RESNET_CHANNELS, d)
         self.patch_layernorm_embedding = nn.LayerNorm(d) if config.patch_layernorm_embedding else None
         self.embed_positions = nn.Embedding(config.max_position_embeddings + 2, d)
         self.embed_image_positions = nn.Embedding(config.image_bucket_size ** 2 + 1, d)
@@ -263,11 +259,8 @@ class OFAEncoder(nn.Module):
         rates = drop_path_rates(config.encoder_drop_path_rate, config.encoder_layers)
         self.layers = nn.ModuleList([EncoderLayer(config, rates[i]) for i in range(config.encoder_layers)])
         self.layer_norm = nn.LayerNorm(d)
-        tables = 1 if config.share_attn_bias else config.encoder_layers
-        self.token_rel_pos_table_list = nn.ModuleList(
-            [nn.Embedding(2 * config.token_bucket_size - 1, heads) for _ in range(tables)])
-        self.image_rel_pos_table_list = nn.ModuleList(
-            [nn.Embedding((2 * config.image_bucket_size - 1) ** 2 + 3, heads) for _ in range(tables)])
+        self.token_rel_pos_table_list, self.image_rel_pos_table_list = _relative_position_tables(
+            config, heads, config.encoder_layers)
         self.register_buffer("image_rp_bucket", make_image_bucket_position(config.image_bucket_size))
         self.layernorm_embedding = nn.LayerNorm(d) if config.layernorm_embedding else None
         self.register_buffer("token_rp_bucket",
@@ -289,34 +282,27 @@ class OFAEncoder(nn.Module):
             x = self.patch_layernorm_embedding(x)
         return x
 
+    def _table(self, layer: int) -> int:
+        return 0 if self.config.share_attn_bias else layer
+
     def _image_position_terms(self, h: int, w: int, device: torch.device) -> tuple:
         """What no text changes: image positions (P, C), their query/key projections (H, P, hs) and the image-image
-        block of every layer's bias (absolute + relative). Kept in `image_bias_cache` when that is enabled and
-        these weights are not training (LoRA training, inference); it holds layers x H x P x P floats."""
-        use_cache = self.image_bias_cache is not None and not (
-            torch.is_grad_enabled() and any(p.requires_grad for p in self._image_position_parameters()))
-        key = (h, w, device, self.embed_image_positions.weight.dtype)
-        if use_cache and key in self.image_bias_cache:
-            return self.image_bias_cache[key]
+        block of every layer's bias (absolute + relative); memoised by `image_bias_cache`."""
+        position_modules = [self.embed_image_positions, self.image_pos_ln, self.pos_q_linear, self.pos_k_linear,
+                            self.image_rel_pos_table_list]
+        key = self.image_bias_cache.key(position_modules, (h, w), device)
+        terms = self.image_bias_cache.get(key)
+        if terms is not None:
+            return terms
         image_ids = image_position_ids(h, w, self.config.image_bucket_size, device)  # (P,)
         image_pos = self.image_pos_ln(self.embed_image_positions(image_ids))  # (P, C)
         q, k = position_qk(self.pos_q_linear, self.pos_k_linear, image_pos, self.num_heads, self.pos_scaling)
         abs_image = q @ k.transpose(1, 2)  # (H, P, P)
         buckets = self.image_rp_bucket[image_ids][:, image_ids]  # (P, P)
         tables = [self.image_rel_pos_table_list[self._table(i)] for i in range(len(self.layers))]
-        blocks = [abs_image + rel_bias(table, buckets) for table in tables]  # layers x (H, P, P)
-        terms = (image_pos, q, k, blocks)
-        if use_cache:
-            self.image_bias_cache[key] = terms
+        terms = (image_pos, q, k, [abs_image + rel_bias(table, buckets) for table in tables])  # layers x (H, P, P)
+        self.image_bias_cache.put(key, terms)
         return terms
-
-    def _image_position_parameters(self):
-        for module in (self.embed_image_positions, self.image_pos_ln, self.pos_q_linear, self.pos_k_linear,
-                       self.image_rel_pos_table_list):
-            yield from module.parameters()
-
-    def _table(self, layer: int) -> int:
-        return 0 if self.config.share_attn_bias else layer
 
     def _self_attn_biases(self, h: int, w: int, L: int, device: torch.device
                           ) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -340,28 +326,37 @@ class OFAEncoder(nn.Module):
             biases.append(bias)
         return biases, torch.cat([image_pos, text_pos], dim=0)
 
-    def forward(self, input_ids: torch.Tensor, patch_images: torch.Tensor | None = None,
-                patch_masks: torch.Tensor | None = None, image_features: torch.Tensor | None = None
-                ) -> EncoderOutput:
-        """input_ids (B, L); patch_images (B, 3, H, W) or precomputed `image_features` (B, 1024, h, w)."""
+    @staticmethod
+    def _padding_mask(B: int, P: int, L: int, attention_mask: torch.Tensor | None,
+                      patch_masks: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """(B, S) True at padding: text where attention_mask is 0, every image token of an image masked out by
+        patch_masks. None when neither is given."""
+        if attention_mask is None and patch_masks is None:
+            return None
+        image = torch.zeros(B, P, dtype=torch.bool, device=device)
+        if patch_masks is not None:
+            image = image | ~patch_masks.view(B, 1).to(torch.bool)
+        text = ~attention_mask.to(torch.bool) if attention_mask is not None else image.new_zeros(B, L)
+        return torch.cat([image, text], dim=1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                patch_images: torch.Tensor | None = None, patch_masks: torch.Tensor | None = None,
+                image_features: torch.Tensor | None = None) -> EncoderOutput:
+        """input_ids (B, L) with attention_mask (B, L) (1 = token, 0 = padding; None = no padding); patch_images
+        (B, 3, H, W) or precomputed `image_features` (B, RESNET_CHANNELS, h, w)."""
         if image_features is None:
-            image_features = self.embed_images(patch_images)  # (B, 1024, h, w)
+            image_features = self.embed_images(patch_images)  # (B, RESNET_CHANNELS, h, w)
         B, L = input_ids.shape
         h, w = image_features.shape[-2:]
-        P = h * w
 
         x = torch.cat([self._embed_image(image_features), self._embed_text(input_ids)], dim=1)  # (B, S, C)
         x = F.dropout(x, self.config.dropout, self.training)
-        image_padding = torch.zeros(B, P, dtype=torch.bool, device=x.device)
-        if patch_masks is not None:
-            image_padding = image_padding | ~patch_masks.view(B, 1).to(torch.bool)
-        padding_mask = torch.cat([image_padding, input_ids.eq(self.config.pad_token_id)], dim=1)  # (B, S)
-        has_padding = bool(padding_mask.any())
-        if has_padding:
+        padding_mask = self._padding_mask(B, h * w, L, attention_mask, patch_masks, x.device)  # (B, S) or None
+        if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
 
         biases, pos = self._self_attn_biases(h, w, L, x.device)
-        key_mask = padding_mask[:, None, None, :] if has_padding else None  # (B, 1, 1, S)
+        key_mask = padding_mask[:, None, None, :] if padding_mask is not None else None  # (B, 1, 1, S)
         for layer, bias in zip(self.layers, biases):
             x = _run_layer(layer, self.gradient_checkpointing, x, masked_bias(bias.unsqueeze(0), key_mask))
         return EncoderOutput(self.layer_norm(x), padding_mask, pos)
@@ -395,18 +390,16 @@ class OFADecoder(nn.Module):
         self.output_projection = nn.Linear(d, config.vocab_size, bias=False)
         if config.share_decoder_input_output_embed:
             self.output_projection.weight = self.embed_tokens.weight
-        tables = 1 if config.share_attn_bias else config.decoder_layers
-        self.token_rel_pos_table_list = nn.ModuleList(
-            [nn.Embedding(2 * config.token_bucket_size - 1, heads) for _ in range(tables)])
+        self.token_rel_pos_table_list, self.image_rel_pos_table_list = _relative_position_tables(
+            config, heads, config.decoder_layers)
         self.register_buffer("image_position_idx", decoder_image_position_idx(config))
-        self.image_rel_pos_table_list = nn.ModuleList(
-            [nn.Embedding((2 * config.image_bucket_size - 1) ** 2 + 3, heads) for _ in range(tables)])
         self.register_buffer("image_rp_bucket", make_image_bucket_position(config.image_bucket_size))
         self.register_buffer("token_rp_bucket",
                              make_token_bucket_position(config.token_bucket_size, config.max_position_embeddings))
 
     def forward(self, input_ids: torch.Tensor, encoder_out: EncoderOutput) -> torch.Tensor:
-        """input_ids (B, T) -> final hidden states (B, T, C), before the output projection."""
+        """input_ids (B, T) -> final hidden states (B, T, C), before the output projection. Padding is masked when
+        the encoder's input had an attention mask (the decoder input is the encoder's text without its eos)."""
         B, T = input_ids.shape
         tgt_pos = self.pos_ln(self.embed_positions(torch.arange(T, device=input_ids.device)))  # (T, C)
         self_abs = position_bias(self.self_pos_q_linear, self.self_pos_k_linear, tgt_pos, tgt_pos,
@@ -414,11 +407,11 @@ class OFADecoder(nn.Module):
         cross_abs = position_bias(self.cross_pos_q_linear, self.cross_pos_k_linear, tgt_pos,
                                   encoder_out.position_embedding, self.num_heads, self.pos_scaling)  # (H, T, S)
 
-        future = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).triu(1)  # (T, T)
-        padding = input_ids.eq(self.config.pad_token_id)
-        self_mask = future | padding[:, None, None, :] if bool(padding.any()) else future  # (B|1, 1, T, T)
-        memory_padding = encoder_out.padding_mask
-        cross_mask = memory_padding[:, None, None, :] if bool(memory_padding.any()) else None  # (B, 1, 1, S)
+        self_mask = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).triu(1)  # (T, T) future
+        cross_mask = None
+        if encoder_out.padding_mask is not None:
+            self_mask = self_mask | input_ids.eq(self.config.pad_token_id)[:, None, None, :]  # (B, 1, T, T)
+            cross_mask = encoder_out.padding_mask[:, None, None, :]  # (B, 1, 1, S)
         cross_bias = masked_bias(cross_abs.unsqueeze(0), cross_mask)
 
         x = self.embed_scale * self.embed_tokens(input_ids)  # (B, T, C)
@@ -445,8 +438,9 @@ class OFAOutput:
 
 
 class OFAModel(nn.Module):
-    """OFA encoder-decoder. `forward` mirrors the reference; `encode` / `decode` / `answer_logits` are the split
-    path the Predictor and the training loss share (only the answer position and the answer tokens are scored)."""
+    """OFA encoder-decoder. `forward` mirrors the reference (full-vocabulary logits at every decoder position);
+    `image_features` / `encode` / `decode` are the split path the visual-entailment head
+    (`velora.ofa.entailment.OFAForVisualEntailment`) builds on."""
 
     def __init__(self, config: OFAConfig):
         super().__init__()
@@ -473,13 +467,6 @@ class OFAModel(nn.Module):
         elif isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
-    @classmethod
-    def from_pretrained(cls, path: str, **kwargs) -> "OFAModel":
-        """Load a hub-layout directory (or hub id); see `velora.ofa.checkpoint.load_pretrained`."""
-        from velora.ofa.checkpoint import load_pretrained
-
-        return load_pretrained(path, **kwargs)
-
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Recompute each transformer layer's activations during backward instead of storing them."""
         self.encoder.gradient_checkpointing = self.decoder.gradient_checkpointing = True
@@ -492,53 +479,28 @@ class OFAModel(nn.Module):
         return self.encoder.gradient_checkpointing
 
     def image_features(self, patch_images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised images -> (B, 1024, H/16, W/16) ResNet features, reusable across texts."""
+        """(B, 3, H, W) normalised images -> (B, RESNET_CHANNELS, H/16, W/16) ResNet features, reusable across
+        texts."""
         return self.encoder.embed_images(patch_images)
 
-    def encode(self, input_ids: torch.Tensor, patch_images: torch.Tensor | None = None,
-               patch_masks: torch.Tensor | None = None, image_features: torch.Tensor | None = None) -> EncoderOutput:
-        return self.encoder(input_ids, patch_images, patch_masks, image_features)
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               patch_images: torch.Tensor | None = None, patch_masks: torch.Tensor | None = None,
+               image_features: torch.Tensor | None = None) -> EncoderOutput:
+        return self.encoder(input_ids, attention_mask, patch_images, patch_masks, image_features)
 
     def decode(self, decoder_input_ids: torch.Tensor, encoder_out: EncoderOutput) -> torch.Tensor:
         return self.decoder(decoder_input_ids, encoder_out)
 
-    def forward_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.decoder.output_projection(hidden)  # (..., vocab)
-
-    def answer_logits(self, hidden: torch.Tensor, answer_positions: torch.Tensor, answer_ids: torch.Tensor
-                      ) -> torch.Tensor:
-        """Logits of the candidate answer tokens at each sample's answer position.
-
-        hidden (B, T, C), answer_positions (B,), answer_ids (K,) -> (B, K). Same numbers as slicing the full
-        vocabulary logits, without projecting onto all of it.
-        """
-        B = hidden.shape[0]
-        at_answer = hidden[torch.arange(B, device=hidden.device), answer_positions]  # (B, C)
-        return at_answer @ self.decoder.output_projection.weight[answer_ids].t()  # (B, K)
-
-    def score_answers(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor,
-                      answer_positions: torch.Tensor, answer_ids: torch.Tensor,
-                      patch_images: torch.Tensor | None = None, patch_masks: torch.Tensor | None = None,
-                      image_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Visual-entailment scoring: (B, K) logits of the K answer tokens; softmax gives the label probabilities.
-        The training loss is cross-entropy over the same logits."""
-        encoder_out = self.encode(input_ids, patch_images, patch_masks, image_features)
-        return self.answer_logits(self.decode(decoder_input_ids, encoder_out), answer_positions, answer_ids)
-
     def forward(self, input_ids: torch.Tensor, patch_images: torch.Tensor | None = None,
                 patch_masks: torch.Tensor | None = None, decoder_input_ids: torch.Tensor | None = None,
-                image_features: torch.Tensor | None = None, answer_positions: torch.Tensor | None = None,
-                answer_ids: torch.Tensor | None = None) -> OFAOutput:
-        """Reference behaviour: logits (B, T, vocab) for every decoder position. Given `answer_positions` and
-        `answer_ids`, only the answers are scored: logits (B, K) (the training path, through DDP/PEFT wrappers)."""
+                image_features: torch.Tensor | None = None) -> OFAOutput:
+        """The reference contract: logits (B, T, vocab) for every decoder position; padding from the pad ids."""
         assert decoder_input_ids is not None, "decoder_input_ids is required (the VE prompt without its final eos)"
-        encoder_out = self.encode(input_ids, patch_images, patch_masks, image_features)
+        attention_mask = input_ids.ne(self.config.pad_token_id)
+        encoder_out = self.encode(input_ids, attention_mask, patch_images, patch_masks, image_features)
         hidden = self.decode(decoder_input_ids, encoder_out)
-        if answer_positions is not None and answer_ids is not None:
-            logits = self.answer_logits(hidden, answer_positions, answer_ids)
-        else:
-            logits = self.forward_head(hidden)
-        return OFAOutput(logits=logits, encoder_last_hidden_state=encoder_out.last_hidden_state)
+        return OFAOutput(logits=self.decoder.output_projection(hidden),
+                         encoder_last_hidden_state=encoder_out.last_hidden_state)
 
     def train(self, mode: bool = True) -> "OFAModel":
         """BatchNorm stays in eval mode: its running statistics are part of the base model, not of an adapter."""

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+RESNET_STRIDE = 16  # pixels per side of one image token: an S x S image gives (S/16)^2 tokens
+RESNET_CHANNELS = 1024  # channels of the stage-3 feature map (256 planes x Bottleneck expansion 4)
 
 
 class DropPath(nn.Module):
@@ -53,7 +57,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """(B, 3, H, W) image -> (B, 1024, H/16, W/16) feature map."""
+    """(B, 3, H, W) image -> (B, RESNET_CHANNELS, H/16, W/16) feature map."""
 
     def __init__(self, layers: tuple[int, int, int], drop_path_rate: float = 0.0):
         super().__init__()
@@ -90,8 +94,6 @@ class ResNet(nn.Module):
     def fuse_for_inference_(self) -> "ResNet":
         """Inference only: fold every (eval-mode) BatchNorm into the convolution before it, and store weights
         channels-last, the layout oneDNN convolutions run fastest in. Same outputs up to float rounding."""
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
-
         pairs = [(self, "conv1", "bn1")]
         for layer in (self.layer1, self.layer2, self.layer3):
             for block in layer:

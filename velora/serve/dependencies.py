@@ -35,7 +35,7 @@ class Service:
 
     @property
     def image_size(self) -> int:
-        return self.predictor.preprocess.image_size
+        return self.predictor.processor.config.image_size
 
 
 def get_settings(request: Request) -> ServeSettings:
