@@ -96,7 +96,9 @@ def check_image_size(image_size: int, config: OFAConfig) -> None:
 
 
 def save_model_dir(model: OFAModel, processor: OFAProcessor, directory: str | os.PathLike,
-                   dtype: torch.dtype | None = None, weights_format: str = "safetensors") -> Path:
-    """A complete hub-layout model folder: config.json, the weights, configuration.json and the tokenizer files."""
-    save_model(model, directory, dtype=dtype, weights_format=weights_format)
+                   dtype: torch.dtype | None = None, weights_format: str = "safetensors",
+                   like: Path | None = None) -> Path:
+    """A complete hub-layout model folder: config.json, the weights (in the layout of the checkpoint `like`, if
+    given; see velora.ofa.checkpoint.save_model), configuration.json and the tokenizer files."""
+    save_model(model, directory, dtype=dtype, weights_format=weights_format, like=like)
     return processor.save_pretrained(directory)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from safetensors import safe_open
 
 from velora.bundle import ModelBundle, save_model_dir
 from velora.errors import VeloraError
+from velora.io import check_output_dir, staged_dir
 from velora.ofa.model import OFAModel
 from velora.predictor import BASE, Predictor, pick_dtype
 
@@ -137,18 +137,8 @@ class MergeResult:
         return "\n".join(lines)
 
 
-def _check_output_dir(output: Path, inputs: list[Path], overwrite: bool) -> None:
-    if output.exists() and not output.is_dir():
-        raise VeloraError(f"--output_dir {output}: is a file; choose a folder")
-    for path in inputs:
-        if output.resolve() == path.resolve():
-            raise VeloraError(f"--output_dir {output}: is an input ({path}); choose a new folder")
-    if output.is_dir() and any(output.iterdir()):
-        if not overwrite:
-            raise VeloraError(f"--output_dir {output}: not empty; pass --overwrite to replace it or choose a new "
-                              "folder")
-        if not (output / "config.json").exists():
-            raise VeloraError(f"--output_dir {output}: holds files that are not a model; refusing to replace them")
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").exists()
 
 
 def _copy_task_config(adapter_dir: Path, base_dir: Path, out: Path) -> None:
@@ -172,8 +162,8 @@ def merge_lora(lora_path: str | os.PathLike, output_dir: str | os.PathLike, *,
     save_dtype = pick_dtype(dtype, torch.device("cpu"))
     if save_dtype not in TOLERANCE or dtype == "auto":
         raise VeloraError(f"--dtype {dtype}: use float32, float16 or bfloat16")
-    output = Path(output_dir)
-    _check_output_dir(output, [adapter_dir, base_dir], overwrite)
+    output = check_output_dir(output_dir, "--output_dir", overwrite=overwrite, owned=_is_model_dir, what="model",
+                              inputs=[("adapter", adapter_dir), ("base model", base_dir)])
     refuse_quantized(base_dir)
 
     predictor = Predictor.from_bundle(bundle, device=device, dtype=torch.float32, fuse_resnet=False)
@@ -183,13 +173,9 @@ def merge_lora(lora_path: str | os.PathLike, output_dir: str | os.PathLike, *,
     if diff_merged > TOLERANCE[torch.float32]:
         raise VeloraError(f"merged model differs from the adapter by {diff_merged:.2e} (limit 1e-4); nothing saved")
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.velora-tmp-", dir=output.parent))
-    try:
-        staged = work / "model"
-        staged.mkdir()
+    with staged_dir(output) as staged:
         _copy_task_config(adapter_dir, base_dir, staged)
-        save_model_dir(model.to("cpu"), bundle.processor, staged, dtype=save_dtype)
+        save_model_dir(model.to("cpu"), bundle.processor, staged, dtype=save_dtype, like=base_dir)
         del model, predictor
         saved = Predictor.from_pretrained(staged, device=device, dtype=torch.float32)
         diff_saved = (check_probabilities(saved) - expected).abs().max().item()
@@ -197,10 +183,5 @@ def merge_lora(lora_path: str | os.PathLike, output_dir: str | os.PathLike, *,
         if diff_saved > TOLERANCE[save_dtype]:
             raise VeloraError(f"saved {dtype} model differs from the adapter by {diff_saved:.2e} "
                               f"(limit {TOLERANCE[save_dtype]:.0e}); nothing saved")
-        if output.exists():
-            os.replace(output, work / "previous")
-        os.replace(staged, output)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return MergeResult(output, base_dir, adapter_dir, str(save_dtype).removeprefix("torch."), diff_merged,
                        diff_saved, TOLERANCE[save_dtype], dir_size(output))

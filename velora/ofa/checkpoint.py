@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from velora.errors import VeloraError
@@ -19,7 +21,10 @@ from velora.ofa.config import OFAConfig
 from velora.ofa.model import OFAModel
 from velora.ofa.positions import derived_buffers
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+SAFETENSORS, BIN = "model.safetensors", "pytorch_model.bin"
+WEIGHT_FILES = (SAFETENSORS, BIN)
+INDEX_SUFFIX = ".index.json"  # a sharded checkpoint: {"weight_map": {key: shard file}} beside the shards
+MAX_SHARD_SIZE = "5GB"  # as transformers' save_pretrained
 
 # Prefixes other exports put before the bare OFAModel names (HF/ModelScope wrappers, fairseq).
 PREFIXES = ("module.", "model.")
@@ -80,21 +85,58 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: OFAModel) -
     return state_dict
 
 
-def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+def weights_file(model_dir: Path) -> Path:
+    """The weights of a hub-layout directory: a single file or a shard index, safetensors first."""
     for name in WEIGHT_FILES:
-        path = model_dir / name
-        if not path.exists():
-            continue
+        for candidate in (model_dir / name, model_dir / (name + INDEX_SUFFIX)):
+            if candidate.exists():
+                return candidate
+    raise VeloraError(f"{model_dir}: no model weights found (expected one of {', '.join(WEIGHT_FILES)}, or a sharded "
+                      f"checkpoint with its {INDEX_SUFFIX} file)")
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
         try:
-            if name.endswith(".safetensors"):
-                return load_file(str(path))
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise VeloraError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
-    raise VeloraError(f"{model_dir}: no model weights found (expected one of {', '.join(WEIGHT_FILES)})")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise VeloraError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+
+
+def _shards(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise VeloraError(f"{index}: not a shard index ({e})") from None
+    return [index.parent / name for name in dict.fromkeys(weight_map.values())]
+
+
+def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    path = weights_file(model_dir)
+    if not path.name.endswith(INDEX_SUFFIX):
+        return _load_file(path)
+    state: dict[str, torch.Tensor] = {}
+    for shard in _shards(path):
+        state.update(_load_file(shard))
+    return state
+
+
+def stored_keys(model_dir: Path) -> list[str]:
+    """The tensor names a checkpoint's weight file(s) hold, without loading a safetensors file's data."""
+    path = weights_file(model_dir)
+    files = _shards(path) if path.name.endswith(INDEX_SUFFIX) else [path]
+    keys: list[str] = []
+    for file in files:
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt") as f:
+                keys += list(f.keys())
+        else:
+            keys += list(_load_file(file))
+    return keys
 
 
 def read_config(model_dir: Path) -> OFAConfig:
@@ -142,26 +184,64 @@ def load_pretrained(model_dir: str | Path, model_cls: type[OFAModel] = OFAModel,
 
 
 def save_model(model: OFAModel, directory: str | Path, dtype: torch.dtype | None = None,
-               weights_format: str = "safetensors") -> Path:
-    """config.json + the weights in the hub layout: `model.safetensors` (tied embeddings and derived buffers stored
-    once / not at all, as safetensors requires) or, with weights_format "bin", `pytorch_model.bin` holding every key
-    as the released checkpoints do."""
+               like: Path | None = None, weights_format: str = "safetensors") -> Path:
+    """config.json + the weights in the hub layout.
+
+    With `like` (the base checkpoint a merge started from), the weights take its layout: the same file kind
+    (`pytorch_model.bin` or `model.safetensors`), the same keys (tied embeddings and derived buffers written out
+    when it has them, as the released checkpoints do; any OFA loader then finds every weight it expects) and
+    shards with an index when it was sharded. Without, `weights_format` picks the kind: safetensors stores the tied
+    embedding once and no derived buffers; "bin" stores every key. Either is sharded past MAX_SHARD_SIZE."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save(directory)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
              for k, v in model.state_dict().items()}
-    if weights_format == "bin":
-        torch.save(state, directory / "pytorch_model.bin")
-        return directory
-    if model.config.share_decoder_input_output_embed:
-        for key in TIED_EMBEDDINGS[1:]:
-            state.pop(key)
-    for key in derived_buffers(model.config):
-        state.pop(key)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"),
-              metadata={"format": "pt"})
+    sharded = False
+    if like is not None:
+        base_file = weights_file(like)
+        weights_format = "safetensors" if base_file.name.startswith(SAFETENSORS) else "bin"
+        sharded = base_file.name.endswith(INDEX_SUFFIX)
+        keep = set(stored_keys(like))
+        state = {k: v for k, v in state.items() if k in keep}
+    elif weights_format == "safetensors":
+        drop = set(derived_buffers(model.config))
+        if model.config.share_decoder_input_output_embed:
+            drop |= set(TIED_EMBEDDINGS[1:])
+        state = {k: v for k, v in state.items() if k not in drop}
+    _write_weights(state, directory, weights_format, sharded)
     return directory
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (the tied embeddings): each repeat is stored as a copy."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in state.items():
+        out[key] = (tensor.clone() if tensor.data_ptr() in seen else tensor).contiguous()
+        seen.add(tensor.data_ptr())
+    return out
+
+
+def _write_weights(state: dict[str, torch.Tensor], directory: Path, weights_format: str, sharded: bool) -> None:
+    name = SAFETENSORS if weights_format == "safetensors" else BIN
+    stem, suffix = name.rsplit(".", 1)
+    split = split_torch_state_dict_into_shards(state, filename_pattern=stem + "{suffix}." + suffix,
+                                               max_shard_size=MAX_SHARD_SIZE)
+    if sharded and not split.is_sharded:  # one shard, still in the base's sharded layout
+        split.filename_to_tensors = {f"{stem}-00001-of-00001.{suffix}": list(state)}
+        split.tensor_to_filename = {k: f"{stem}-00001-of-00001.{suffix}" for k in state}
+    for filename, keys in split.filename_to_tensors.items():
+        part = {k: state[k] for k in keys}
+        if weights_format == "safetensors":
+            save_file(_unshared(part), str(directory / filename), metadata={"format": "pt"})
+        else:
+            torch.save(part, directory / filename)
+    if sharded or split.is_sharded:
+        total = sum(v.numel() * v.element_size() for v in state.values())
+        index = {"metadata": {"total_size": total}, "weight_map": split.tensor_to_filename}
+        (directory / (name + INDEX_SUFFIX)).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n",
+                                                      encoding="utf-8")
 
 
 @torch.no_grad()
