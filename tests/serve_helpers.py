@@ -16,6 +16,8 @@ import numpy as np
 import uvicorn
 from PIL import Image
 
+from velora.serve.run import uvicorn_config
+
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -46,12 +48,13 @@ def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
 
 @contextmanager
 def live_server(app, timeout: float = 120.0) -> Iterator[str]:
-    """Run `app` under a real uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL."""
+    """Run `app` under a real uvicorn on 127.0.0.1 (a free port) in a thread, configured as `velora serve` runs
+    it (velora's protocol, keep-alive timeout); yields its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn_config(app, lifespan="on", log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
@@ -67,3 +70,33 @@ def live_server(app, timeout: float = 120.0) -> Iterator[str]:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def host_port(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (the socket's timeout guards against a hang)."""
+    reply = b""
+    while chunk := sock.recv(65536):
+        reply += chunk
+    return reply
+
+
+def parse_reply(reply: bytes) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers in lower case, body) of one raw HTTP/1.1 answer."""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers, body
+
+
+def multipart_body(fields: dict[str, str], image: bytes, boundary: str = "velora-test") -> tuple[bytes, str]:
+    """A multipart/form-data body (text fields + an `image` file part) and its Content-Type."""
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+             for name, value in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+                 "Content-Type: image/png\r\n\r\n".encode() + image + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"

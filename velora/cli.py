@@ -235,10 +235,20 @@ def predict_command(model_path, base_model, device, dtype, image_size, image, pr
               show_default=True, help="How long a request waits for others to share its model call.")
 @click.option("--max_upload_mb", "--max-upload-mb", "max_upload_mb", type=click.FloatRange(0, min_open=True),
               default=10.0, show_default=True, help="Largest request body accepted; bigger gets 413.")
+@click.option("--header_timeout", "--header-timeout", "header_timeout", type=click.FloatRange(0, min_open=True),
+              default=10.0, show_default=True, help="Seconds for a request's line and headers to arrive, else 408.")
+@click.option("--body_timeout", "--body-timeout", "body_timeout", type=click.FloatRange(0, min_open=True),
+              default=30.0, show_default=True, help="Seconds for a body to arrive (+1 s per 16 KB received), else 408.")
+@click.option("--keep_alive_timeout", "--keep-alive-timeout", "keep_alive_timeout", default=5.0, show_default=True,
+              type=click.FloatRange(0, min_open=True), help="Seconds an idle keep-alive connection stays open.")
+@click.option("--limit_concurrency", "--limit-concurrency", "limit_concurrency", type=click.IntRange(0), default=256,
+              show_default=True, help="Open connections or requests in progress before new requests get 503 "
+                                      "(0: no cap).")
 @click.option("--log_level", "--log-level", "log_level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="One line per request at info.")
 def serve_command(model_path, base_model, device, dtype, image_size, adapters, host, port, api_key, max_batch_size,
-                  max_wait_ms, max_upload_mb, log_level):
+                  max_wait_ms, max_upload_mb, header_timeout, body_timeout, keep_alive_timeout, limit_concurrency,
+                  log_level):
     """Serve the model over HTTP: POST /check, a web page at /, /metrics, API docs at /docs.
 
     \b
@@ -254,7 +264,9 @@ def serve_command(model_path, base_model, device, dtype, image_size, adapters, h
 
     settings = ServeSettings(model_path=model_path, base_model=base_model, device=device, dtype=dtype,
                              image_size=image_size, adapters=parse_adapter_specs(adapters), api_key=api_key,
-                             max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb)
+                             max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb,
+                             header_timeout=header_timeout, body_timeout=body_timeout,
+                             keep_alive_timeout=keep_alive_timeout, limit_concurrency=limit_concurrency or None)
     settings.check_paths()
     ensure_port_free(host, port)
     predictor = attach_adapters(load_predictor(model_path, base_model, device, dtype, image_size), settings.adapters)

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import anyio
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -26,10 +27,11 @@ from velora.errors import VeloraError
 from velora.predictor import BASE, DEFAULT_ADAPTER, Prediction, Predictor
 from velora.serve.batching import Job, MicroBatcher
 from velora.serve.dependencies import Service
+from velora.serve.inputs import public_errors
 from velora.serve.metrics import Metrics
 from velora.serve.middleware import RequestGuard
 from velora.serve.routers import check, health
-from velora.serve.settings import ServeSettings
+from velora.serve.settings import ServeSettings, display_name
 
 logger = logging.getLogger("velora.serve")
 STATIC = Path(__file__).parent / "static"
@@ -65,7 +67,7 @@ def build_service(settings: ServeSettings, predictor: Predictor, metrics: Metric
     default = DEFAULT_ADAPTER if DEFAULT_ADAPTER in predictor.adapter_names else BASE
     batcher = MicroBatcher(partial(score_jobs, predictor, settings.max_batch_size), settings.max_batch_size,
                            settings.max_wait_ms, settings.max_queue, on_batch=metrics.observe_batch)
-    metrics.info.labels(settings.model_path, ",".join(predictor.adapter_names) or "-").set(1)
+    metrics.info.labels(display_name(settings.model_path), ",".join(predictor.adapter_names) or "-").set(1)
     return Service(settings, predictor, batcher.start(), metrics, default,
                    anyio.CapacityLimiter(settings.decode_threads))
 
@@ -105,6 +107,10 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
     return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": public_errors(exc.errors())}, status_code=422)
+
+
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("internal error on %s %s", request.method, request.url.path)
     return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
@@ -130,7 +136,8 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    app.add_middleware(RequestGuard, metrics=app.state.metrics, max_body=settings.max_body_bytes)
+    app.add_middleware(RequestGuard, metrics=app.state.metrics, settings=settings)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, internal_error)
     return app

@@ -2,9 +2,10 @@
 
 The worker takes the first waiting example, then gathers more until it has `max_batch_size` or `max_wait_ms` have
 passed since the first, splits them by adapter and makes one model call per adapter. It only waits while other
-requests are on their way (inside `incoming()`: body being read, image decoded), so a lone request is never held
-back; while it computes, new requests queue up, so under load batches fill without waiting. A failed batch is
-retried example by example, so one bad example fails alone.
+requests are on their way (inside `incoming()`: body arriving, image decoded); an upload whose bytes stopped coming
+no longer counts after `STALL_GRACE`, so a lone request is never held back, not even by a stalled client. While it
+computes, new requests queue up, so under load batches fill without waiting. A failed batch is retried example by
+example, so one bad example fails alone.
 """
 
 from __future__ import annotations
@@ -24,6 +25,22 @@ from PIL import Image
 from velora.predictor import Prediction
 
 logger = logging.getLogger("velora.serve")
+STALL_GRACE = 0.1  # s without a byte after which an upload stops counting as "on its way"
+POLL = 0.02  # s between re-checks while the worker waits for company
+
+
+class Arrival:
+    """A request on its way to the queue, as its body arrives (`touch` per chunk, `complete` at the end)."""
+
+    def __init__(self, complete: bool = False):
+        self.last_byte = time.monotonic()
+        self.complete = complete  # body in: decoding follows, worth waiting for
+
+    def touch(self) -> None:
+        self.last_byte = time.monotonic()
+
+    def expected(self, now: float) -> bool:
+        return self.complete or now - self.last_byte < STALL_GRACE
 
 
 @dataclass
@@ -64,7 +81,8 @@ class MicroBatcher:
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._loop, name="velora-batcher", daemon=True)
         self._closed = False
-        self._incoming = 0  # requests being read/decoded that will submit soon; changed on the event loop only
+        self._arrivals: set[Arrival] = set()  # requests being read/decoded that will submit soon
+        self._arrivals_lock = threading.Lock()
 
     # -- caller side -----------------------------------------------------------------------------------------
 
@@ -80,15 +98,29 @@ class MicroBatcher:
     def depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def incoming_count(self) -> int:
+        """Requests inside `incoming()` now, stalled or not."""
+        with self._arrivals_lock:
+            return len(self._arrivals)
+
     @contextmanager
-    def incoming(self):
+    def incoming(self, arrival: Arrival | None = None):
         """Wrap a request's work before `submit` (not the submit itself) so the worker knows it is worth waiting
-        for."""
-        self._incoming += 1
+        for: while `arrival`'s bytes keep coming, or always when no arrival is given (body already in)."""
+        arrival = arrival or Arrival(complete=True)
+        with self._arrivals_lock:
+            self._arrivals.add(arrival)
         try:
             yield
         finally:
-            self._incoming -= 1
+            with self._arrivals_lock:
+                self._arrivals.discard(arrival)
+
+    def _someone_coming(self) -> bool:
+        now = time.monotonic()
+        with self._arrivals_lock:
+            return any(arrival.expected(now) for arrival in self._arrivals)
 
     def submit(self, job: Job) -> Future:
         """Queue one example; the Future resolves to a Scored. Raises QueueFull or BatcherClosed at once."""
@@ -137,12 +169,12 @@ class MicroBatcher:
         deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_batch_size:
             remaining = deadline - time.monotonic()
-            if self._queue.empty() and (remaining <= 0 or self._incoming == 0):
+            if self._queue.empty() and (remaining <= 0 or not self._someone_coming()):
                 break  # nobody else is coming (or the wait is over): do not hold these back
-            try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            try:  # short waits: an upload that stalls meanwhile must stop holding this batch
+                item = self._queue.get(timeout=min(remaining, POLL)) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
-                break
+                continue
             if item is _STOP:
                 return batch, True
             batch.append(item)

@@ -59,6 +59,10 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
 bearer_scheme = HTTPBearer(auto_error=False, description="The same key as `Authorization: Bearer KEY`.")
 
 
+def _key_matches(given: str, expected: str) -> bool:
+    return secrets.compare_digest(given.encode(), expected.encode())
+
+
 def require_api_key(request: Request, key: str | None = Security(api_key_header),
                     bearer: HTTPAuthorizationCredentials | None = Security(bearer_scheme)) -> None:
     """401 unless the server has no key or the request carries it (X-API-Key or Authorization: Bearer)."""
@@ -69,5 +73,14 @@ def require_api_key(request: Request, key: str | None = Security(api_key_header)
     if not given:
         raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"},
                             detail="missing API key: send it as the X-API-Key header (or Authorization: Bearer KEY)")
-    if not secrets.compare_digest(given.encode(), expected.encode()):
+    if not _key_matches(given, expected):
         raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"}, detail="wrong API key")
+
+
+async def carries_api_key(request: Request, key: str | None = Security(api_key_header),
+                          bearer: HTTPAuthorizationCredentials | None = Security(bearer_scheme)) -> bool:
+    """Whether the server has a key and the request carries it (never raises: for endpoints open to all that
+    show more to the key's holders)."""
+    expected = get_settings(request).api_key
+    given = key or (bearer.credentials if bearer is not None else None)
+    return expected is not None and bool(given) and _key_matches(given, expected)

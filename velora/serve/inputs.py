@@ -1,7 +1,9 @@
 """Request bodies of /check and /check_batch, and the checks every field goes through before the model sees it.
 
-Shape problems (missing field, wrong type, unknown field, not JSON) are 422, as FastAPI answers them; values the
-server refuses (bad image, text too long, unknown adapter) are 400 with `{"detail": "FIELD: why", "field": FIELD}`.
+Shape problems (missing field, wrong type, unknown field, not JSON) are 422, as FastAPI answers them (with each
+echoed `input` shortened); values the server refuses (bad image, text too long or empty, unknown adapter, a field
+sent twice) are 400 with `{"detail": "FIELD: why", "field": FIELD}`. /check also takes premise, hypothesis and
+adapter from the query string, as the guide's FastAPI sketch did; a form field or JSON key of the same name wins.
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ import base64
 import binascii
 import io
 import re
+import unicodedata
+from collections import Counter
+from typing import Any, Iterable, Sequence
 
+import pydantic_core
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from PIL import Image
@@ -21,6 +27,14 @@ from velora.images import ImageError, load_image
 
 MULTIPART, JSON = "multipart/form-data", "application/json"
 DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
+TEXT_FIELDS = ("premise", "hypothesis", "adapter")
+ECHO_CHARS = 100  # of an invalid value echoed back in a 422
+HOW_TO_SEND = {
+    "image": "send the image as a multipart file part named image (curl -F image=@photo.jpg), or in base64 as the "
+             "JSON key image",
+    "hypothesis": "send hypothesis as a multipart form field, a JSON key, or in the query string "
+                  "(POST /check?hypothesis=...)",
+}
 
 
 class InputError(HTTPException):
@@ -59,52 +73,138 @@ MULTIPART_SCHEMA = {
            for name, f in CheckFields.model_fields.items()},
     },
 }
-CHECK_OPENAPI = {"requestBody": {"required": True, "content": {
-    MULTIPART: {"schema": MULTIPART_SCHEMA},
-    JSON: {"schema": CheckJSON.model_json_schema()},
-}}}
+CHECK_OPENAPI = {
+    "requestBody": {"required": True, "content": {
+        MULTIPART: {"schema": MULTIPART_SCHEMA},
+        JSON: {"schema": CheckJSON.model_json_schema()},
+    }},
+    "parameters": [{"name": name, "in": "query", "required": False, "schema": {"type": "string"},
+                    "description": f.description + " May come in the query string; a form field or JSON key wins."}
+                   for name, f in CheckFields.model_fields.items()],
+}
+BATCH_OPENAPI = {"requestBody": {"required": True, "content": {JSON: {"schema": {
+    "type": "object", "required": ["items"], "additionalProperties": False,
+    "properties": {"items": {"type": "array", "minItems": 1, "items": CheckJSON.model_json_schema(),
+                             "description": BatchJSON.model_fields["items"].description}},
+}}}}}
 
 
-def _validation_error(error: ValidationError, prefix: tuple = ("body",)) -> RequestValidationError:
-    return RequestValidationError([{**e, "loc": (*prefix, *e["loc"])} for e in error.errors(include_url=False)])
+def _short(value: Any, depth: int = 0) -> Any:
+    """A bounded echo of a refused value: no whole body, no upload's internals."""
+    if isinstance(value, UploadFile):
+        return f"<file {value.filename!r}>"
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value[:4 * ECHO_CHARS]).decode("utf-8", "replace") + ("…" if len(value) > 4 * ECHO_CHARS else "")
+    if isinstance(value, str):
+        return value if len(value) <= ECHO_CHARS else f"{value[:ECHO_CHARS]}… ({len(value):,} characters)"
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if depth < 2 and isinstance(value, dict):
+        return {_short(str(k)): _short(v, depth + 1) for k, v in list(value.items())[:16]}
+    if depth < 2 and isinstance(value, (list, tuple)):
+        return [_short(v, depth + 1) for v in value[:16]]
+    return f"<{type(value).__name__}>"
+
+
+def public_errors(errors: Sequence[dict], limit: int = 20) -> list[dict]:
+    """FastAPI's 422 `detail` list (the first `limit` errors), each `input` shortened."""
+    return [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"],
+             **({"input": _short(e["input"])} if e.get("input") is not None else {})} for e in errors[:limit]]
+
+
+def _body_errors(error: ValidationError, prefix: tuple = ("body",)) -> list[dict]:
+    errors = []
+    for e in error.errors(include_url=False):
+        e = {**e, "loc": (*prefix, *e["loc"])}
+        if e["type"] == "missing" and e["loc"][-1] in HOW_TO_SEND:
+            e["msg"] = f"Field required: {HOW_TO_SEND[e['loc'][-1]]}"
+        errors.append(e)
+    return errors
+
+
+def _validate(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise RequestValidationError(_body_errors(e)) from None
 
 
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def parse_json(request: Request, model: type[BaseModel]) -> BaseModel:
+def _once(pairs: Iterable[tuple[str, Any]], where: str) -> dict[str, Any]:
+    counts = Counter(key for key, _ in pairs)
+    for key, count in counts.items():
+        if count > 1:
+            raise InputError(key, f"sent {count} times{where}; send each field once")
+    return dict(pairs)
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
     try:
-        return model.model_validate_json(await request.body())
+        return pydantic_core.from_json(body)
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": f"Invalid JSON: {e}",
+                                       "input": body}]) from None
+
+
+async def parse_json(request: Request, model: type[BaseModel]) -> Any:
+    return _validate(model, await read_json(request))
+
+
+def _check_form(texts: dict[str, Any], image: Any) -> CheckFields:
+    errors = []
+    if image is None:
+        errors.append({"type": "missing", "loc": ("body", "image"), "msg": f"Field required: {HOW_TO_SEND['image']}",
+                       "input": None})
+    elif not isinstance(image, UploadFile):
+        errors.append({"type": "file_expected", "loc": ("body", "image"), "input": None,
+                       "msg": "image must be a file upload (multipart part with a filename)"})
+    fields = None
+    try:
+        fields = CheckFields.model_validate(texts)
     except ValidationError as e:
-        raise _validation_error(e) from None
+        errors = errors + _body_errors(e)
+    if errors:
+        raise RequestValidationError(errors)
+    return fields
 
 
-async def parse_check(request: Request, max_text_bytes: int) -> tuple[CheckFields, bytes, str | None]:
-    """(text fields, image bytes, file name) from a multipart or JSON /check request."""
+async def _parse_multipart(request: Request, query: dict[str, str],
+                           max_part_bytes: int) -> tuple[CheckFields, bytes, str | None]:
+    try:
+        form = await request.form(max_files=1, max_fields=16, max_part_size=max_part_bytes)
+    except HTTPException as e:
+        if e.status_code != 400:  # the guard's 413 / 408
+            raise
+        raise InputError("image" if "files" in str(e.detail) else "body", str(e.detail)) from None
+    try:
+        parts = _once(form.multi_items(), " in the form")
+        image = parts.pop("image", None)
+        fields = _check_form({**query, **parts}, image)
+        return fields, await image.read(), image.filename
+    finally:
+        await form.close()
+
+
+async def parse_check(request: Request, max_part_bytes: int) -> tuple[CheckFields, bytes, str | None]:
+    """(text fields, image bytes, file name) from a multipart or JSON /check request, text fields also from the
+    query string (the body's win)."""
+    query = _once([(k, v) for k, v in request.query_params.multi_items() if k in TEXT_FIELDS], " in the query string")
     kind = media_type(request)
     if kind == JSON:
-        body = await parse_json(request, CheckJSON)
+        data = await read_json(request)
+        body = _validate(CheckJSON, {**query, **data} if isinstance(data, dict) else data)
         return body, decode_base64(body.image, "image"), None
-    if kind != MULTIPART:
-        raise HTTPException(status_code=415, detail=f"content type {kind or '(none)'!r} not accepted: send "
-                            f"{MULTIPART} (image file + text fields) or {JSON} (base64 image)")
-    async with request.form(max_files=1, max_fields=16, max_part_size=max_text_bytes) as form:
-        image = form.get("image")
-        texts = {key: value for key, value in form.multi_items() if key != "image"}
-        errors = []
-        if image is None:
-            errors.append({"type": "missing", "loc": ("body", "image"), "msg": "Field required", "input": None})
-        elif not isinstance(image, UploadFile):
-            errors.append({"type": "file_expected", "loc": ("body", "image"), "input": None,
-                           "msg": "image must be a file upload (multipart part with a filename)"})
-        try:
-            fields = CheckFields.model_validate(texts)
-        except ValidationError as e:
-            errors = errors + _validation_error(e).errors()
-        if errors:
-            raise RequestValidationError(errors)
-        return fields, await image.read(), image.filename
+    if kind == MULTIPART:
+        return await _parse_multipart(request, query, max_part_bytes)
+    if not kind and not request.headers.get("content-length", "0").strip("0"):
+        _check_form(query, None)  # nothing sent: name what is missing and how to send it
+    raise HTTPException(status_code=415, detail=f"content type {kind or '(none)'!r} not accepted: send {MULTIPART} "
+                        f"(an image file part, text fields as form fields or in the query string) or {JSON} "
+                        '({"image": base64, "hypothesis": ..., "premise": ..., "adapter": ...})')
 
 
 def decode_base64(text: str, field: str) -> bytes:
@@ -115,12 +215,19 @@ def decode_base64(text: str, field: str) -> bytes:
         raise InputError(field, f"not valid base64 ({e})") from None
 
 
+def visible(text: str) -> bool:
+    """Whether `text` has a character that is not whitespace or a control/format character (NUL, zero-width...)."""
+    return any(not ch.isspace() and not unicodedata.category(ch).startswith("C") for ch in text)
+
+
 def check_texts(fields: CheckFields, max_chars: int, prefix: str = "") -> tuple[str | None, str]:
     """(premise or None, hypothesis), or InputError naming the field."""
     hypothesis = fields.hypothesis.strip()
-    if not hypothesis:
-        raise InputError(prefix + "hypothesis", "is empty: give the statement to check against the image")
-    premise = (fields.premise or "").strip() or None
+    if not visible(hypothesis):
+        raise InputError(prefix + "hypothesis", "is empty (only spaces or control characters): give the statement "
+                                                "to check against the image")
+    premise = (fields.premise or "").strip()
+    premise = premise if visible(premise) else None
     for name, value in (("premise", premise), ("hypothesis", hypothesis)):
         if value is not None and len(value) > max_chars:
             raise InputError(prefix + name, f"{len(value):,} characters, over the limit of {max_chars:,}")

@@ -16,7 +16,8 @@ class Metrics:
     def __init__(self, low_confidence: float):
         self.low_confidence_threshold = low_confidence
         self.registry = registry = CollectorRegistry()
-        self.requests = Counter("velora_requests", "HTTP requests by endpoint and status code.",
+        self.requests = Counter("velora_requests", "HTTP requests by endpoint and status code "
+                                "(client_closed: the client left mid-upload).",
                                 ["endpoint", "status"], registry=registry)
         self.latency = Histogram("velora_request_latency_seconds", "HTTP request latency, body read to response.",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry)
@@ -29,8 +30,9 @@ class Metrics:
         self.low_confidence = Counter("velora_low_confidence", f"Predictions with confidence < {low_confidence}.",
                                       ["adapter"], registry=registry)
         self.queue_depth = Gauge("velora_queue_depth", "Examples waiting for the model.", registry=registry)
-        self.info = Gauge("velora_model_info", "The model being served (value is always 1).",
+        self.info = Gauge("velora_model_info", "The model being served, by name (value is always 1).",
                           ["model", "adapters"], registry=registry)
+        self.open_connections = Gauge("velora_open_connections", "HTTP connections open now.", registry=registry)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -41,7 +43,7 @@ class Metrics:
         if prediction.confidence < self.low_confidence_threshold:
             self.low_confidence.labels(adapter).inc()
 
-    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+    def observe_request(self, endpoint: str, status: int | str, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import copy
 import socket
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 from uvicorn.config import LOGGING_CONFIG
 
 from velora.errors import VeloraError
 from velora.predictor import Predictor
 from velora.serve.app import create_app
+from velora.serve.protocol import guarded_protocol
 from velora.serve.settings import ServeSettings
 
 
@@ -33,9 +36,20 @@ def log_config(level: str) -> dict:
     return config
 
 
+def uvicorn_config(app: FastAPI, **options: Any) -> uvicorn.Config:
+    """uvicorn's Config for a velora app: its protocol (request-header timeout, connection count) and keep-alive
+    timeout from the app's settings; `options` are passed on (host, port, log_level...)."""
+    settings: ServeSettings = app.state.settings
+    return uvicorn.Config(app, http=guarded_protocol(settings, app.state.metrics),
+                          timeout_keep_alive=settings.keep_alive_timeout, **options)  # type: ignore[arg-type]
+
+
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, predictor: Predictor | None = None,
           log_level: str = "info") -> None:
     """Block serving `settings` on host:port until Ctrl+C / SIGTERM (requests in flight are finished first)."""
-    app = create_app(settings, predictor)
-    uvicorn.run(app, host=host, port=port, log_config=log_config(log_level), log_level=log_level,
-                access_log=False, timeout_graceful_shutdown=30)
+    config = uvicorn_config(create_app(settings, predictor), host=host, port=port, log_config=log_config(log_level),
+                            log_level=log_level, access_log=False, timeout_graceful_shutdown=30)
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:  # startup failed; uvicorn has logged why
+        raise SystemExit(3)

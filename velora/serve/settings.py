@@ -31,6 +31,11 @@ class ServeSettings:
     low_confidence: float = 0.6  # predictions below this count in velora_low_confidence_total
     decode_threads: int = 4  # images decoded at once (bounds memory under a burst of large uploads)
     warmup: bool = True
+    # slow and idle clients (see docs/security.md)
+    header_timeout: float = 10.0  # request line + headers must arrive within this, else 408 and close
+    body_timeout: float = 30.0  # the body must arrive within this, plus 1 s per 16 KB received, else 408
+    keep_alive_timeout: float = 5.0  # an idle keep-alive connection is closed after this
+    limit_concurrency: int | None = 256  # more open connections or requests in flight than this: 503; None: no cap
 
     def __post_init__(self) -> None:
         checks = [
@@ -42,6 +47,10 @@ class ServeSettings:
             (self.max_queue >= self.max_batch_size, "max_queue must be at least --max_batch_size"),
             (0 <= self.low_confidence <= 1, "low_confidence must be between 0 and 1"),
             (self.decode_threads >= 1, "decode_threads must be at least 1"),
+            (self.header_timeout > 0, "--header_timeout must be positive"),
+            (self.body_timeout > 0, "--body_timeout must be positive"),
+            (self.keep_alive_timeout > 0, "--keep_alive_timeout must be positive"),
+            (self.limit_concurrency is None or self.limit_concurrency >= 1, "--limit_concurrency must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -63,6 +72,12 @@ class ServeSettings:
             if not (folder / "adapter_config.json").is_file():
                 raise VeloraError(f"--adapter {name}={path}: no adapter_config.json there "
                                   "(pass a folder written by `velora train`)")
+
+
+def display_name(model: str) -> str:
+    """A model or adapter as anyone may see it: a local folder's name (never its path), or a hub id as given."""
+    path = Path(model).expanduser()
+    return path.resolve().name if path.exists() else model
 
 
 def check_adapter_name(name: str) -> None:

@@ -19,8 +19,9 @@ from velora.errors import VeloraError
 from velora.images import ImageError
 from velora.serve.batching import BatcherClosed, Job, QueueFull, Scored
 from velora.serve.dependencies import Service, get_service, require_api_key
-from velora.serve.inputs import (CHECK_OPENAPI, BatchJSON, InputError, check_texts, decode_base64, decode_image,
-                                 parse_check, pick_adapter)
+from velora.serve.inputs import (BATCH_OPENAPI, CHECK_OPENAPI, BatchJSON, InputError, check_texts, decode_base64,
+                                 decode_image, parse_check, parse_json, pick_adapter)
+from velora.serve.memory import release_memory
 
 router = APIRouter(tags=["check"], dependencies=[Depends(require_api_key)])
 
@@ -57,11 +58,13 @@ class ErrorBody(BaseModel):
 
 
 ERRORS = {code: {"model": ErrorBody, "description": why} for code, why in {
-    400: "a value the server refuses: not an image, truncated, too many pixels, text too long, unknown adapter",
+    400: "a value the server refuses: not an image, truncated, too many pixels, text too long or empty, unknown "
+         "adapter, a field sent twice",
     401: "missing or wrong API key",
+    408: "the body did not arrive in time (--body_timeout)",
     413: "request body over --max_upload_mb",
     415: "neither multipart/form-data nor application/json",
-    503: "queue full or server starting/stopping; retry after the Retry-After seconds",
+    503: "queue full, over --limit_concurrency, or server starting/stopping; retry after the Retry-After seconds",
 }.items()}
 
 
@@ -75,9 +78,18 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
 
 
+def _decode_and_release(limiter: anyio.CapacityLimiter, data: bytes, filename: str | None, size: int) -> Image.Image:
+    try:
+        return decode_image(data, filename, size)
+    finally:
+        if limiter.borrowed_tokens <= 1:  # the last decode running: give what decodes freed back to the OS
+            release_memory()
+
+
 async def _decode(service: Service, data: bytes, filename: str | None) -> Image.Image:
-    return await anyio.to_thread.run_sync(decode_image, data, filename, service.image_size,
-                                          limiter=service.decode_limiter)
+    limiter = service.decode_limiter
+    return await anyio.to_thread.run_sync(_decode_and_release, limiter, data, filename, service.image_size,
+                                          limiter=limiter)
 
 
 def _submit(service: Service, jobs: list[Job]) -> list[Future]:
@@ -99,11 +111,13 @@ def _submit(service: Service, jobs: list[Job]) -> list[Future]:
              openapi_extra=CHECK_OPENAPI, summary="Check one image against a hypothesis")
 async def check(request: Request, service: Service = Depends(get_service)) -> CheckResult:
     """Send `multipart/form-data` (`image` file, `premise`, `hypothesis`, optional `adapter`) or JSON with the
-    image in base64. Answers the relation, its score and all three probabilities."""
+    image in base64; the text fields may also come in the query string (a form field or JSON key wins). Answers
+    the relation, its score and all three probabilities."""
     start = time.perf_counter()
     settings = service.settings
-    with service.batcher.incoming():
-        fields, data, filename = await parse_check(request, max_text_bytes=4 * settings.max_text_chars + 1024)
+    with service.batcher.incoming(getattr(request.state, "arrival", None)):
+        # text parts may be as long as the body: check_texts then names the field and the character limit
+        fields, data, filename = await parse_check(request, max_part_bytes=settings.max_body_bytes)
         premise, hypothesis = check_texts(fields, settings.max_text_chars)
         adapter = pick_adapter(fields.adapter, service.adapters, service.default_adapter)
         try:
@@ -154,18 +168,19 @@ async def _batch_jobs(service: Service, items: list, results: list) -> list[tupl
 
 
 @router.post("/check_batch", response_model=BatchResult, response_model_exclude_none=True, responses=ERRORS,
-             summary="Check many examples in one request")
-async def check_batch(request: Request, body: BatchJSON, service: Service = Depends(get_service)) -> BatchResult:
+             openapi_extra=BATCH_OPENAPI, summary="Check many examples in one request")
+async def check_batch(request: Request, service: Service = Depends(get_service)) -> BatchResult:
     """JSON `{"items": [{"image": base64, "premise": ..., "hypothesis": ..., "adapter": ...}, ...]}`. Items are
     answered in order; a bad item gets `error` + `field` and the others are still scored. Repeat the same image
     string for several hypotheses: it is decoded once and its visual features shared."""
     start = time.perf_counter()
     limit = service.settings.max_batch_items
-    if len(body.items) > limit:
-        raise InputError("items", f"{len(body.items)} items, over the limit of {limit} per request; "
-                                  "send them in several requests")
-    results: list[ItemResult | None] = [None] * len(body.items)
-    with service.batcher.incoming():
+    with service.batcher.incoming(getattr(request.state, "arrival", None)):
+        body: BatchJSON = await parse_json(request, BatchJSON)  # read here, after the API key check, not before
+        if len(body.items) > limit:
+            raise InputError("items", f"{len(body.items)} items, over the limit of {limit} per request; "
+                                      "send them in several requests")
+        results: list[ItemResult | None] = [None] * len(body.items)
         jobs = await _batch_jobs(service, body.items, results)
     futures = _submit(service, [job for _, job in jobs])
     scored_all = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)

@@ -7,9 +7,9 @@ from fastapi.responses import JSONResponse
 
 from velora import __version__
 from velora.labels import LABELS
-from velora.serve.dependencies import Service, get_metrics, get_service, get_settings
+from velora.serve.dependencies import Service, carries_api_key, get_metrics, get_service, get_settings
 from velora.serve.metrics import Metrics
-from velora.serve.settings import ServeSettings
+from velora.serve.settings import ServeSettings, display_name
 
 router = APIRouter(tags=["health"])
 
@@ -37,17 +37,22 @@ async def metrics(request: Request, metrics: Metrics = Depends(get_metrics)) -> 
     return Response(metrics.render(), media_type=metrics.content_type)
 
 
-@router.get("/info", summary="What this server serves: model, adapters, labels, limits")
-async def info(service: Service = Depends(get_service), settings: ServeSettings = Depends(get_settings)) -> dict:
+@router.get("/info", summary="What this server serves: model, adapters, labels, limits",
+            description="Open to all; the model's and adapters' folders (`paths`) only with the API key.")
+async def info(service: Service = Depends(get_service), settings: ServeSettings = Depends(get_settings),
+               authenticated: bool = Depends(carries_api_key)) -> dict:
+    paths = {"paths": {"model": settings.model_path, **settings.adapters}} if authenticated else {}
     return {
         "version": __version__,
-        "model": settings.model_path,
+        "model": display_name(settings.model_path),
+        **paths,
         "adapters": service.adapters,
         "default_adapter": service.default_adapter,
         "labels": list(LABELS),
         "image_size": service.image_size,
         "auth": settings.api_key is not None,
         "limits": {"max_upload_mb": settings.max_upload_mb, "max_text_chars": settings.max_text_chars,
-                   "max_batch_items": settings.max_batch_items},
+                   "max_batch_items": settings.max_batch_items, "header_timeout": settings.header_timeout,
+                   "body_timeout": settings.body_timeout, "limit_concurrency": settings.limit_concurrency},
         "batching": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms},
     }
