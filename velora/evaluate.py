@@ -1,84 +1,27 @@
 """`velora eval`: accuracy, per-class precision / recall / F1, macro and weighted averages and the confusion matrix
 of a model on a labelled test set, optionally beside the base model (adapter switched off).
 
-Metrics come from scikit-learn; averages run over the labels present in the test set or the predictions, as
-scikit-learn does by default. The confusion matrix has rows = true label, columns = predicted label, LABELS order.
+Metrics come from scikit-learn through velora.metrics (the same as `velora train` evaluates with); averages run over
+the labels present in the test set or the predictions, as scikit-learn does by default. The confusion matrix has
+rows = true label, columns = predicted label, LABELS order.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from velora.data import ExampleSet, load_examples, score_examples
 from velora.errors import VeloraError
 from velora.labels import LABELS
+from velora.metrics import Metrics, compute_metrics, predicted_labels  # noqa: F401 (re-exported: velora.evaluate API)
 from velora.predictor import BASE, Predictor
 
 SHORT = {"entailment": "entail", "contradiction": "contra", "neutral": "neutral"}  # confusion-matrix headers
-
-
-@dataclass
-class Metrics:
-    examples: int
-    correct: int
-    accuracy: float
-    per_class: dict[str, dict[str, float]]  # label -> precision, recall, f1, support
-    macro_avg: dict[str, float]  # precision, recall, f1
-    weighted_avg: dict[str, float]
-    confusion_matrix: list[list[int]]  # [true][predicted], LABELS order
-    predicted_counts: dict[str, int]
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "labels": list(LABELS)}
-
-    def flat(self) -> dict[str, float]:
-        """The headline numbers under stable names, for side-by-side tables and deltas."""
-        out = {"accuracy": self.accuracy, "macro f1": self.macro_avg["f1"], "weighted f1": self.weighted_avg["f1"]}
-        for label in LABELS:
-            for name in ("precision", "recall", "f1"):
-                out[f"{label} {name}"] = self.per_class[label][name]
-        return out
-
-
-def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> Metrics:
-    """Metrics of predicted vs true labels (label names from LABELS)."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    if len(y_true) != len(y_pred) or not y_true:
-        raise VeloraError(f"need as many predictions as labels, at least one: got {len(y_pred)} and {len(y_true)}")
-    unknown = sorted({*y_true, *y_pred} - set(LABELS))
-    if unknown:
-        raise VeloraError(f"unknown label(s) {', '.join(map(repr, unknown))}; expected {', '.join(LABELS)}")
-    present = [label for label in LABELS if label in set(y_true) | set(y_pred)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # undefined precision/recall (no predictions/support) count as 0, reported
-        p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=list(LABELS), zero_division=0)
-        averages = {avg: precision_recall_fscore_support(y_true, y_pred, labels=present, average=avg,
-                                                         zero_division=0)[:3] for avg in ("macro", "weighted")}
-    matrix = confusion_matrix(y_true, y_pred, labels=list(LABELS))
-    correct = int(np.trace(matrix))
-    return Metrics(
-        examples=len(y_true),
-        correct=correct,
-        accuracy=correct / len(y_true),
-        per_class={label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                   for i, label in enumerate(LABELS)},
-        macro_avg=dict(zip(("precision", "recall", "f1"), map(float, averages["macro"]))),
-        weighted_avg=dict(zip(("precision", "recall", "f1"), map(float, averages["weighted"]))),
-        confusion_matrix=matrix.tolist(),
-        predicted_counts={label: int(matrix[:, i].sum()) for i, label in enumerate(LABELS)},
-    )
-
-
-def predicted_labels(probabilities) -> list[str]:
-    return [LABELS[i] for i in np.asarray(probabilities).argmax(-1)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -86,15 +29,8 @@ def predicted_labels(probabilities) -> list[str]:
 
 
 def classification_table(m: Metrics) -> list[str]:
-    lines = [f"{'':<16}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}"]
-    for label in LABELS:
-        c = m.per_class[label]
-        lines.append(f"{label:<16}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10d}")
-    lines.append("")
-    for name, avg in (("macro avg", m.macro_avg), ("weighted avg", m.weighted_avg)):
-        lines.append(f"{name:<16}{avg['precision']:>10.4f}{avg['recall']:>10.4f}{avg['f1']:>10.4f}"
-                     f"{m.examples:>10d}")
-    return lines
+    """scikit-learn's classification_report table."""
+    return m.report.rstrip("\n").splitlines()
 
 
 def confusion_table(m: Metrics) -> list[str]:
