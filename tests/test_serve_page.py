@@ -1,6 +1,6 @@
 """The web page at `/`, driven in headless Chromium (Debian's `chromium` via Playwright) against a real server.
 
-Screenshots land in test-artifacts/ (serve-page.png, serve-page-error.png).
+Screenshots land in test-artifacts/ (serve-page.png, serve-page-error.png, serve-page-no-key.png).
 """
 
 from __future__ import annotations
@@ -131,6 +131,19 @@ def test_the_page_says_what_is_missing_before_sending(page):
     page.set_input_files("#file", files=[{"name": "a.png", "mimeType": "image/png", "buffer": image_bytes(1)}])
     page.click("#check")
     playwright_api.expect(page.locator("#error")).to_contain_text("hypothesis: type the statement")
+
+
+def test_no_key_field_when_the_server_has_no_key(browser_context, tiny_adapter_dir):
+    """`hidden` must win over the stylesheet's `label { display: flex }`."""
+    with live_server(create_app(ServeSettings(model_path=str(tiny_adapter_dir), warmup=False))) as url:
+        page = browser_context.new_page()
+        page.goto(f"{url}/")
+        playwright_api.expect(page.locator("#adapter option")).to_have_count(2)  # /info answered: auth is off
+        assert page.is_hidden("#key-row") and page.is_hidden("#key")
+        assert page.is_hidden("#error") and page.is_hidden("#result")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "serve-page-no-key.png"), full_page=True)
+        page.close()
 
 
 def test_api_docs_render_offline(browser_context, server):

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from velora.images import ImageError, load_image
 
@@ -175,9 +176,9 @@ def _check_form(texts: dict[str, Any], image: Any) -> CheckFields:
 async def _parse_multipart(request: Request, query: dict[str, str],
                            max_part_bytes: int) -> tuple[CheckFields, bytes, str | None]:
     try:
-        form = await request.form(max_files=1, max_fields=16, max_part_size=max_part_bytes)
-    except HTTPException as e:
-        if e.status_code != 400:  # the guard's 413 / 408
+        form = await request.form(max_files=2, max_fields=16, max_part_size=max_part_bytes)
+    except StarletteHTTPException as e:  # Starlette's multipart limits (400), or the guard's 413 / 408
+        if e.status_code != 400:
             raise
         raise InputError("image" if "files" in str(e.detail) else "body", str(e.detail)) from None
     try:
