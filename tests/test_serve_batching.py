@@ -11,7 +11,7 @@ from PIL import Image
 
 from velora.errors import VeloraError
 from velora.predictor import Prediction
-from velora.serve.batching import BatcherClosed, Job, MicroBatcher, QueueFull
+from velora.serve.batching import Arrival, BatcherClosed, Job, MicroBatcher, QueueFull
 
 
 def recording_predict(calls: list, started: threading.Event | None = None, gate: threading.Event | None = None):
@@ -73,6 +73,19 @@ def test_batcher_never_waits_for_nobody_but_waits_for_incoming_requests():
     assert first.result(30).batch_size == second.result(30).batch_size == 2
     batcher.close()
     assert calls == [("a", ["alone"]), ("a", ["early", "late"])]
+
+
+def test_batcher_stops_waiting_for_a_stalled_upload():
+    """An upload whose bytes stopped coming is not worth waiting for: the lone request is not held for the
+    10-minute max_wait (the 30 s guard fails if it is)."""
+    calls = []
+    batcher = MicroBatcher(recording_predict(calls), max_batch_size=8, max_wait_ms=600_000).start()
+    stalled = Arrival()  # its last byte came now, and no other will
+    with batcher.incoming(stalled):
+        assert batcher.incoming_count == 1
+        assert batcher.submit(job("alone")).result(30).batch_size == 1
+    assert batcher.incoming_count == 0
+    batcher.close()
 
 
 def test_batcher_queue_limit_and_close():
