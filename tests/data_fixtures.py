@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -75,6 +77,26 @@ def huge_png(path: Path, size: tuple[int, int] = (10_000, 10_000)) -> Path:
     """A 1-bit PNG with huge dimensions: small on disk, 100 MP decoded (over Pillow's ~89.5 MP default)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("1", size).save(path, format="PNG")
+    return path
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def blank_png(path: Path, width: int, height: int, bit_depth: int = 8) -> Path:
+    """A black grayscale PNG of any dimensions, compressed as it is written (the pixels are never held): an
+    80,000,000x1 strip or a 16-bit 7000x7000 image is a file of a few hundred KB - a decompression bomb."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    total = height * (1 + width * bit_depth // 8)  # each row: filter byte 0, then the pixels, all zero
+    compressor = zlib.compressobj(1)
+    step = b"\x00" * (1 << 20)
+    data = b"".join(compressor.compress(step[: min(len(step), total - done)]) for done in range(0, total, len(step)))
+    with path.open("wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)))
+        f.write(_png_chunk(b"IDAT", data + compressor.flush()))
+        f.write(_png_chunk(b"IEND", b""))
     return path
 
 

@@ -117,7 +117,7 @@ def corpus(tmp_path_factory):
     csv_path = data / "my_ve_data.csv"
     lines = F.write_keyed_csv(csv_path, rows, header, newline="\r\n", bom=True)
     out = root / "hf_dataset"
-    report = convert(csv_path, out, val_ratio=0.25, seed=7)
+    report = convert(csv_path, out, val_ratio=0.25, seed=7, allow_outside_paths=True)  # the ../ and absolute rows
     return {"root": root, "csv": csv_path, "lines": lines, "report": report, "out": out, "img": img}
 
 

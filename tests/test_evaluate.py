@@ -4,6 +4,7 @@ files, and one-line errors."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -94,7 +95,7 @@ def test_rows_dropped_by_the_checks_are_reported(adapter_predictor, test_csv, tm
     lines = test_csv.read_text().splitlines()
     lines[2] = lines[2].replace("images/img_1.png", "images/missing.png")
     broken.write_text("\n".join(lines) + "\n")
-    (tmp_path / "images").symlink_to(test_csv.parent / "images")
+    shutil.copytree(test_csv.parent / "images", tmp_path / "images")  # a symlink out of the CSV's folder is refused
     result = evaluate(adapter_predictor, broken)
     assert result.metrics.examples == 11
     assert "1 row(s)" in result.note and "line 3" in result.note and "image_path" in result.note

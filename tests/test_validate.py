@@ -127,8 +127,7 @@ def test_guide_layout_paths_found_from_working_directory(tmp_path, monkeypatch):
                 [["./data/shoes_001.jpg", GOOD_PREMISE, "The product is footwear", "entailment"]])
     monkeypatch.chdir(tmp_path)
     report = validate("data/my_ve_data.csv")
-    assert report.kept == 1
-    assert [f.code for f in report.flagged] == ["found_in_working_directory"]
+    assert report.kept == 1 and report.flagged == [] and report.dropped == []  # the guide's layout, quietly
     # an explicit --image_root is the only place looked at
     report = validate("data/my_ve_data.csv", image_root=tmp_path / "data")
     assert [d.code for d in report.dropped] == ["image_not_found"]
@@ -144,7 +143,8 @@ def test_file_name_spaces_are_kept_but_trimmed(tmp_path):
 def test_resolve_image_path_messages(tmp_path):
     F.jpeg(tmp_path / "Photo.JPG")
     found, flags, error = resolve_image_path("photo.jpg", tmp_path)
-    assert found is None and "image file not found" in error and "'Photo.JPG' exists" in error
+    assert found is None and error.code == "image_not_found"
+    assert "image file not found" in str(error) and "'Photo.JPG' exists" in str(error)
     found, flags, error = resolve_image_path("Photo.JPG", tmp_path)
     assert found == tmp_path / "Photo.JPG" and flags == [] and error is None
 

@@ -6,6 +6,8 @@ and exit with code 2.
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from velora import __version__
@@ -94,22 +96,40 @@ def load_predictor(model_path: str, base_model: str | None, device: str, dtype: 
 
 
 def _input_options(f):
-    """INPUT (positional) or --csv_path/--input, --image_root, --num_proc, --max_pixels: shared by convert/validate."""
+    """INPUT (positional) or --csv_path/--input, and how rows' images are found and checked: shared by convert and
+    validate, which receive the latter as one `checks` dict of keyword arguments for velora.convert."""
     options = [
         click.argument("input_arg", metavar="[INPUT]", required=False, type=click.Path(dir_okay=False)),
         click.option("--csv_path", "--csv-path", "--input", "input_path", type=click.Path(dir_okay=False),
                      help="The CSV (image_path,premise,hypothesis,label) or JSONL file; same as INPUT."),
         click.option("--image_root", "--image-root", "image_root", type=click.Path(file_okay=False), default=None,
-                     help="Folder relative image paths start from (default: the input file's folder, then the "
-                          "working directory)."),
+                     help="Folder relative image paths start from, and that images may not leave (default: the "
+                          "input file's folder; the guide's ./data/x.jpg from the folder above also works)."),
+        click.option("--allow_outside_paths", "--allow-outside-paths", "allow_outside_paths", is_flag=True,
+                     help="Read images outside --image_root too (absolute, ../ and ~ paths, symlinks leading out)."),
         click.option("--num_proc", "--num-proc", "num_proc", type=click.IntRange(1), default=1, show_default=True,
                      help="Processes that decode images in parallel."),
         click.option("--max_pixels", "--max-pixels", "max_pixels", type=click.IntRange(1), default=None,
-                     help="Refuse images with more pixels (decompression bombs) [default: 89,478,485]."),
+                     help="Refuse images declaring more pixels (decompression bombs) [default: 40,000,000]."),
+        click.option("--max_side", "--max-side", "max_side", type=click.IntRange(1), default=None,
+                     help="Refuse images with a longer side, in pixels [default: 16,384]."),
+        click.option("--max_image_mb", "--max-image-mb", "max_image_mb", type=click.FloatRange(0, min_open=True),
+                     default=None, help="Refuse image files larger than this [default: 10, the server's upload "
+                                        "limit]."),
     ]
+
+    @functools.wraps(f)
+    def command(*args, image_root, allow_outside_paths, num_proc, max_pixels, max_side, max_image_mb, **kwargs):
+        from velora.images import ImageLimits  # deferred: numpy and Pillow, not needed for `velora --help`
+
+        limits = ImageLimits.from_options(max_pixels=max_pixels, max_side=max_side, max_image_mb=max_image_mb)
+        checks = dict(image_root=image_root, allow_outside_paths=allow_outside_paths, num_proc=num_proc,
+                      limits=limits, progress=True)
+        return f(*args, checks=checks, **kwargs)
+
     for option in reversed(options):
-        f = option(f)
-    return f
+        command = option(command)
+    return command
 
 
 def _pick_input(input_arg: str | None, input_path: str | None) -> str:
@@ -129,14 +149,14 @@ def _pick_input(input_arg: str | None, input_path: str | None) -> str:
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the train/validation split.")
 @click.option("--strict", is_flag=True, help="Write nothing and exit with code 2 if any row would be dropped.")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset already in --output_dir.")
-def convert_command(input_arg, input_path, image_root, num_proc, max_pixels, output_dir, val_ratio, seed, strict,
-                    overwrite):
+def convert_command(input_arg, input_path, checks, output_dir, val_ratio, seed, strict, overwrite):
     """Check a CSV/JSONL of image-text pairs and write a Hugging Face dataset (train + validation).
 
     Every row is kept or dropped with a reason (line, field, what to fix) in
-    OUTPUT_DIR/conversion_report.json. Relative image paths start from the CSV's folder (or --image_root); each
-    image is fully decoded and its original bytes are embedded, so OUTPUT_DIR is self-contained. No image is in
-    both splits; the validation split has the label mix of the whole.
+    OUTPUT_DIR/conversion_report.json. Relative image paths start from the CSV's folder (or --image_root), and
+    images outside it are refused unless --allow_outside_paths; each image is fully decoded within the limits and
+    its original bytes are embedded, so OUTPUT_DIR is self-contained. No image is in both splits; the validation
+    split has the label mix of the whole.
 
     \b
     Examples:
@@ -145,11 +165,9 @@ def convert_command(input_arg, input_path, image_root, num_proc, max_pixels, out
       velora convert --input snli_ve_dev.jsonl --image_root flickr30k_images --output_dir snli_ve_dev --strict
     """
     from velora.convert import convert
-    from velora.images import DEFAULT_MAX_PIXELS
 
-    report = convert(_pick_input(input_arg, input_path), output_dir, image_root=image_root, val_ratio=val_ratio,
-                     seed=seed, strict=strict, num_proc=num_proc, overwrite=overwrite,
-                     max_pixels=max_pixels or DEFAULT_MAX_PIXELS, progress=True)
+    report = convert(_pick_input(input_arg, input_path), output_dir, val_ratio=val_ratio, seed=seed, strict=strict,
+                     overwrite=overwrite, **checks)
     click.echo(report.summary())
 
 
@@ -158,7 +176,7 @@ def convert_command(input_arg, input_path, image_root, num_proc, max_pixels, out
 @click.option("--report_path", "--report-path", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Where to write the JSON report [default: <input>.validation_report.json beside the input].")
 @click.pass_context
-def validate_command(ctx, input_arg, input_path, image_root, num_proc, max_pixels, report_path):
+def validate_command(ctx, input_arg, input_path, checks, report_path):
     """Run every check of `velora convert` and write only the report, with data-quality advice.
 
     Exit code 0 when every row would be kept, 1 when some would be dropped (their lines and reasons are listed),
@@ -172,13 +190,11 @@ def validate_command(ctx, input_arg, input_path, image_root, num_proc, max_pixel
     from pathlib import Path
 
     from velora.convert import validate
-    from velora.images import DEFAULT_MAX_PIXELS
 
     source = Path(_pick_input(input_arg, input_path))
     if report_path is None:
         report_path = source.with_name(f"{source.stem}.validation_report.json")
-    report = validate(source, image_root=image_root, num_proc=num_proc, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                      report_path=report_path, progress=True)
+    report = validate(source, report_path=report_path, **checks)
     click.echo(report.summary())
     if report.dropped:
         ctx.exit(1)

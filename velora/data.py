@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from velora.convert import load_records_with_report
+from velora.convert.issues import printable
 from velora.errors import VeloraError
 from velora.images import load_image
 from velora.labels import LABELS, normalize_label
@@ -53,9 +54,9 @@ class ExampleSet:
         if not self.dropped:
             return None
         first = self.dropped[0]
-        return (f"{len({i.line for i in self.dropped})} row(s) of {self.source} were left out by the input checks "
-                f"(first: line {first.line}, {first.field}: {first.reason}); "
-                f"run `velora validate {self.source}` for every reason")
+        return printable(f"{len({i.line for i in self.dropped})} row(s) of {self.source} were left out by the input "
+                         f"checks (first: line {first.line}, {first.field}: {first.reason}); "
+                         f"run `velora validate {self.source}` for every reason")
 
 
 def _label_name(dataset, value, where: str) -> str:

@@ -11,7 +11,6 @@ first K of them; likely-mislabelled rows are all kept and come first, most confi
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import math
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from velora.convert.spreadsheet import write_rows
 from velora.data import ExampleSet, load_examples, metadata_of, score_examples
 from velora.errors import VeloraError
 from velora.labels import LABELS
@@ -169,12 +169,7 @@ def write_csv(rows: list[dict], images: list, output: Path) -> Path | None:
         row["image_path"], written = _image_path(image, output.parent, images_dir, row["source_row"])
         wrote_images |= written
     columns = COLUMNS + [c for c in dict.fromkeys(k for r in rows for k in r) if c not in COLUMNS]
-    tmp = output.with_name(output.name + ".partial")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, output)
+    write_rows(output, columns, rows)  # cells a spreadsheet would run as formulas get a leading '
     return images_dir if wrote_images else None
 
 

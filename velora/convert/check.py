@@ -12,7 +12,7 @@ silently. The result is a CheckedInput: the records to write and a ConversionRep
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from velora.convert.image_checks import ImageCheck, check_images
@@ -22,7 +22,7 @@ from velora.convert.reading import InputTable, read_input
 from velora.convert.report import ConversionReport, label_counts
 from velora.convert.rows import Record, parse_row
 from velora.errors import VeloraError
-from velora.images import DEFAULT_MAX_PIXELS
+from velora.images import DEFAULT_LIMITS, ImageLimits
 
 
 @dataclass
@@ -31,8 +31,15 @@ class CheckedInput:
     report: ConversionReport
 
 
+def image_limits(limits: ImageLimits | None = None, max_pixels: int | None = None) -> ImageLimits:
+    """`limits` (default: velora.images' defaults), with `max_pixels` when given."""
+    limits = limits or DEFAULT_LIMITS
+    return replace(limits, max_pixels=max_pixels) if max_pixels is not None else limits
+
+
 def _image_bases(table: InputTable, image_root: str | os.PathLike | None) -> tuple[Path, Path | None]:
-    """(where relative image paths start, the working directory as a second place to look, or None)."""
+    """(the root: where relative image paths start and what they may not leave; the working directory as a second
+    place to look, or None)."""
     if image_root is not None:
         base = Path(image_root)
         if not base.is_dir():
@@ -62,16 +69,22 @@ def check_input(
     input_path: str | os.PathLike,
     *,
     image_root: str | os.PathLike | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allow_outside_paths: bool = False,
+    limits: ImageLimits | None = None,
+    max_pixels: int | None = None,
     num_proc: int = 1,
     progress: bool = False,
 ) -> CheckedInput:
     """Read and check every row and image; nothing is written. Raises VeloraError for a file-level problem
-    (missing file or columns, not UTF-8); a row-level problem drops that row with a reason in the report."""
+    (missing file or columns, not UTF-8); a row-level problem drops that row with a reason in the report.
+
+    Images must lie inside `image_root` (default: the input file's folder), symlinks followed, unless
+    `allow_outside_paths`; each is read and decoded within `limits` (`max_pixels` overrides limits.max_pixels)."""
     if num_proc < 1:
         raise VeloraError(f"--num_proc must be 1 or more, got {num_proc}")
+    limits = image_limits(limits, max_pixels)
     table = read_input(input_path)
-    base, cwd = _image_bases(table, image_root)
+    root, cwd = _image_bases(table, image_root)
 
     dropped: list[RowIssue] = []
     flagged: list[RowIssue] = []
@@ -83,8 +96,8 @@ def check_input(
             parsed.append(parse_row(raw))
 
     wanted = [r.image_path for r, issues in parsed if r.image_path and _image_ok(issues)]
-    checks = check_images(wanted, base=base, cwd=cwd, snli=table.format == "snli-ve", max_pixels=max_pixels,
-                          num_proc=num_proc, progress=progress)
+    checks = check_images(wanted, root=root, cwd=cwd, snli=table.format == "snli-ve", limits=limits,
+                          allow_outside=allow_outside_paths, num_proc=num_proc, progress=progress)
 
     good: list[Record] = []
     for record, issues in parsed:
@@ -112,23 +125,18 @@ def check_input(
         dropped=sorted(dropped, key=lambda i: i.line),
         flagged=sorted(flagged, key=lambda i: i.line),
         warnings=quality_warnings(records),
-        settings={"image_root": str(base), "max_pixels": max_pixels},
+        settings={"image_root": str(root), "allow_outside_paths": allow_outside_paths,
+                  "max_pixels": limits.max_pixels, "max_side": limits.max_side, "max_image_bytes": limits.max_bytes},
     )
     return CheckedInput(records, report)
 
 
 def validate(
-    input_path: str | os.PathLike,
-    *,
-    image_root: str | os.PathLike | None = None,
-    num_proc: int = 1,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    report_path: str | os.PathLike | None = None,
-    progress: bool = False,
+    input_path: str | os.PathLike, *, report_path: str | os.PathLike | None = None, **options
 ) -> ConversionReport:
-    """The checks of `convert`, writing nothing but the report (when `report_path` is given)."""
-    report = check_input(input_path, image_root=image_root, max_pixels=max_pixels, num_proc=num_proc,
-                         progress=progress).report
+    """The checks of `convert` (`options` as for check_input: image_root, allow_outside_paths, limits, max_pixels,
+    num_proc, progress), writing nothing but the report (when `report_path` is given)."""
+    report = check_input(input_path, **options).report
     if report_path is not None:
         report.save(report_path)
     return report

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from velora.convert.rows import Record
 from velora.errors import VeloraError
-from velora.images import DEFAULT_MAX_PIXELS, load_image
+from velora.images import DEFAULT_LIMITS, ImageLimits, load_image, read_image_file
 from velora.labels import LABELS
 
 # Formats whose original bytes are embedded as they are; anything else Pillow reads is re-encoded as PNG.
@@ -58,14 +58,14 @@ def quiet_datasets():
             datasets.enable_progress_bars()
 
 
-def _image_bytes(record: Record, max_pixels: int) -> bytes:
-    data = Path(record.image_file).read_bytes()
+def _image_bytes(record: Record, limits: ImageLimits) -> bytes:
+    data = read_image_file(record.image_file, limits)
     if hashlib.sha256(data).hexdigest() != record.image_key:
         raise VeloraError(f"{record.image_file} (line {record.line}) changed while converting; run the command again")
     if record.image_format in KEEP_FORMATS:
         return data
     buffer = io.BytesIO()
-    load_image(io.BytesIO(data), max_pixels=max_pixels).save(buffer, format="PNG")
+    load_image(io.BytesIO(data), limits=limits).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -73,12 +73,12 @@ BATCH_ROWS = 1000
 BATCH_BYTES = 64 * 2**20  # image bytes held in memory per Arrow record batch
 
 
-def _batches(records: Sequence[Record], max_pixels: int, progress: bool) -> Iterator[dict[str, list]]:
+def _batches(records: Sequence[Record], limits: ImageLimits, progress: bool) -> Iterator[dict[str, list]]:
     columns: dict[str, list] = {name: [] for name in features()}
     size = 0
     with tqdm(total=len(records), desc="Embedding images", unit="row", disable=not progress or not records) as bar:
         for r in records:
-            data = _image_bytes(r, max_pixels)
+            data = _image_bytes(r, limits)
             columns["image"].append({"bytes": data, "path": str(r.image_file)})
             columns["premise"].append(r.premise)
             columns["hypothesis"].append(r.hypothesis)
@@ -99,7 +99,7 @@ def build_dataset(
     records: Sequence[Record],
     work_dir: str | os.PathLike,
     *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    limits: ImageLimits = DEFAULT_LIMITS,
     keep_in_memory: bool = False,
     progress: bool = False,
 ):
@@ -116,7 +116,7 @@ def build_dataset(
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     path = Path(work_dir) / f"records-{uuid.uuid4().hex[:12]}.arrow"
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for batch in _batches(records, max_pixels, progress):
+        for batch in _batches(records, limits, progress):
             writer.write_batch(pa.RecordBatch.from_pydict(batch, schema=schema))
     with quiet_datasets():
         return Dataset.from_file(str(path), in_memory=keep_in_memory)

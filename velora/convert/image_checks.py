@@ -1,6 +1,6 @@
-"""Where each row's image is, and whether it decodes: `resolve_image_path` (pure path logic plus existence checks),
-`check_image` (a full decode through velora.images, and the sha256 of the bytes), and `check_images`, which runs
-both for every distinct image_path in worker processes."""
+"""Where each row's image is, and whether it decodes: `resolve_image_path` (path rules: the root, symlinks, the
+working directory), `check_image` (one bounded read, a full decode through velora.images, the sha256 of the bytes),
+and `check_images`, which runs both for every distinct image_path in worker processes."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 from tqdm.auto import tqdm
 from tqdm.contrib.concurrent import process_map
 
-from velora.images import DEFAULT_MAX_PIXELS, ImageError, load_image_and_format
+from velora.images import DEFAULT_LIMITS, ImageError, ImageLimits, load_image_and_format, read_image_file
 
 
 def _variants(path: Path, snli: bool) -> Iterator[Path]:
@@ -43,38 +43,66 @@ def _case_hint(path: Path) -> str:
     return f"; a file named {matches[0]!r} exists (file names are case-sensitive)" if matches else ""
 
 
-def resolve_image_path(
-    image_path: str, base: Path, cwd: Path | None = None, *, snli: bool = False
-) -> tuple[Path | None, list[tuple[str, str]], str | None]:
-    """Where a row's image is: relative paths are taken from `base` (the CSV's folder or --image_root), then, when
-    `cwd` is given, from the working directory (the guide writes ./data/x.jpg next to a CSV inside data/).
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([root, path]) == root
 
-    Returns (file or None, flags as (code, reason), error when not found)."""
-    raw = Path(os.path.expanduser(image_path))
+
+def _refused(image_path: str, root: str) -> ImageError:
+    """The same words whether or not the path exists: nothing outside the root is looked at."""
+    return ImageError(f"{image_path!r} leads outside {root} (the input file's folder, or --image_root); refused "
+                      "without reading it - move the image there, or pass --allow_outside_paths",
+                      "path_outside_root")
+
+
+def _not_found(image_path: str, raw: Path, root: Path, cwd: Path | None) -> ImageError:
+    """Names the place the user most likely meant: the working directory for the guide's layout (a CSV in data/
+    listing ./data/x.jpg), else the root."""
+    places = [("", root)] + ([("the working directory ", cwd)] if cwd is not None else [])
     if raw.is_absolute():
-        bases: list[Path | None] = [None]
-    else:
-        bases = [base] + ([cwd] if cwd is not None and os.path.abspath(cwd) != os.path.abspath(base) else [])
-    for where in bases:
+        return ImageError(f"{raw}: image file not found{_case_hint(raw)}", "image_not_found")
+    if cwd is not None and raw.parts[:1] == (root.name,):
+        places.reverse()
+    (kind, first), others = places[0], places[1:]
+    shown = Path(os.path.abspath(first / raw))
+    also = "".join(f"; also looked in {kind}{os.path.abspath(where)}" for kind, where in others)
+    return ImageError(f"{shown}: image file not found (relative to {kind}{os.path.abspath(first)}{also})"
+                      f"{_case_hint(shown)}", "image_not_found")
+
+
+def resolve_image_path(
+    image_path: str, root: Path, cwd: Path | None = None, *, snli: bool = False, allow_outside: bool = False
+) -> tuple[Path | None, list[tuple[str, str]], ImageError | None]:
+    """Where a row's image is. A relative path starts from `root` (the input file's folder, or --image_root); when
+    `cwd` is given, also from the working directory (the guide writes ./data/x.jpg next to a CSV inside data/).
+    Symlinks are followed; a path that leads outside `root` is refused before anything is looked up there, unless
+    `allow_outside` (then it is flagged).
+
+    Returns (the file or None, flags as (code, reason), the error: not found, or outside the root)."""
+    raw = Path(os.path.expanduser(image_path))
+    real_root = os.path.realpath(root)
+    starts = [None] if raw.is_absolute() else [root] + ([cwd] if cwd is not None else [])
+    refused = False
+    for start in starts:
         for candidate in _variants(raw, snli):
-            full = candidate if where is None else where / candidate
+            full = candidate if start is None else start / candidate
+            outside = not _inside(os.path.realpath(full), real_root)
+            if outside and not allow_outside:
+                refused |= start is not cwd  # the path as written leads out; from the cwd it is just not there
+                continue
             if not os.path.lexists(full):
                 continue
             full = Path(os.path.abspath(full))
             flags = []
-            if where is not None and where is not base:
+            if outside and start is cwd:
                 flags.append(("found_in_working_directory",
-                              f"{image_path!r} is not in {base}; using {full} (relative to the working directory)"))
-            elif where is not None:
-                root = os.path.abspath(base)
-                if os.path.commonpath([root, str(full)]) != root:
-                    flags.append(("outside_image_root",
-                                  f"{full} is outside {root}; allowed, and its bytes are embedded in the dataset"))
+                              f"{image_path!r} is not in {root}; using {full} (relative to the working directory)"))
+            elif outside and start is not None:
+                flags.append(("outside_image_root", f"{full} is outside {real_root}; allowed "
+                              "(--allow_outside_paths), and its bytes are embedded in the dataset"))
             return full, flags, None
-    first = raw if bases[0] is None else Path(os.path.abspath(bases[0] / raw))
-    looked = "" if bases[0] is None else f" (relative to {os.path.abspath(bases[0])}" + (
-        f" and to the working directory {bases[1]})" if len(bases) > 1 else ")")
-    return None, [], f"{first}: image file not found{looked}{_case_hint(first)}"
+    if refused:
+        return None, [], _refused(image_path, real_root)
+    return None, [], _not_found(image_path, raw, root, cwd)
 
 
 @dataclass
@@ -88,37 +116,31 @@ class ImageCheck:
     flags: list[tuple[str, str]] = field(default_factory=list)
 
 
-def check_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageCheck:
-    """Decode the image completely (velora.images) and fingerprint its bytes; the file is read once."""
+def check_image(path: str, limits: ImageLimits = DEFAULT_LIMITS) -> ImageCheck:
+    """Read the file once (a regular file, within the size and time limits), decode it completely (velora.images)
+    and fingerprint its bytes."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning / EXIF chatter; we report our own
+        warnings.simplefilter("ignore")  # Pillow's EXIF chatter; we report our own
         try:
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except OSError:
-                data = b""
-            if not data:  # missing, a directory, empty, unreadable: velora.images' error says which
-                load_image_and_format(path, max_pixels=max_pixels)
-                raise ImageError(f"{path}: cannot be read", "bad_image")
+            data = read_image_file(path, limits)
             source = io.BytesIO(data)
             source.name = path  # errors name the file
-            _, file_format = load_image_and_format(source, max_pixels=max_pixels)
+            _, file_format = load_image_and_format(source, limits=limits)
         except ImageError as e:
             return ImageCheck(path, str(e), e.code or "bad_image")
-        except Exception as e:  # permissions, a Pillow plugin bug...: still this row's problem, not a crash
+        except Exception as e:  # a Pillow plugin bug...: still this row's problem, not a crash
             return ImageCheck(path, f"{path}: cannot be read ({type(e).__name__}: {e})", "bad_image")
     return ImageCheck(path, sha256=hashlib.sha256(data).hexdigest(), format=file_format)
 
 
-def locate_and_check(
-    image_path: str, base: str, cwd: str | None = None, snli: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> ImageCheck:
+def locate_and_check(image_path: str, root: str, cwd: str | None = None, snli: bool = False,
+                     limits: ImageLimits = DEFAULT_LIMITS, allow_outside: bool = False) -> ImageCheck:
     """resolve_image_path + check_image for one image_path as written in the input (one worker task)."""
-    file, flags, error = resolve_image_path(image_path, Path(base), Path(cwd) if cwd else None, snli=snli)
+    file, flags, error = resolve_image_path(image_path, Path(root), Path(cwd) if cwd else None, snli=snli,
+                                            allow_outside=allow_outside)
     if error:
-        return ImageCheck(image_path, error, "image_not_found")
-    check = check_image(str(file), max_pixels)
+        return ImageCheck(image_path, str(error), error.code)
+    check = check_image(str(file), limits)
     check.path, check.file, check.flags = image_path, str(file), flags
     return check
 
@@ -152,16 +174,17 @@ def _in_workers(jobs: list[tuple], num_proc: int, progress: bool) -> list[ImageC
 def check_images(
     image_paths: Sequence[str],
     *,
-    base: str | os.PathLike,
+    root: str | os.PathLike,
     cwd: str | os.PathLike | None = None,
     snli: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    allow_outside: bool = False,
     num_proc: int = 1,
     progress: bool = False,
 ) -> dict[str, ImageCheck]:
     """locate_and_check for every distinct image_path, in `num_proc` worker processes, with a progress bar on stderr.
     If the workers cannot start, every image is checked in this process instead."""
-    jobs = [(p, str(base), str(cwd) if cwd else None, snli, max_pixels) for p in dict.fromkeys(image_paths)]
+    jobs = [(p, str(root), str(cwd) if cwd else None, snli, limits, allow_outside) for p in dict.fromkeys(image_paths)]
     if num_proc > 1 and len(jobs) > 1:
         try:
             return {check.path: check for check in _in_workers(jobs, num_proc, progress)}

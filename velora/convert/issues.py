@@ -4,10 +4,14 @@ file, and the small text helpers every message uses."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
 MAX_VALUE_CHARS = 200  # of a rejected value quoted in the report
+# Characters a terminal obeys rather than shows (C0, DEL, C1: escape sequences, bells, carriage returns) and
+# bidirectional marks and overrides that reorder what is shown.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass(frozen=True)
@@ -58,3 +62,9 @@ def examples(lines: Sequence[int], limit: int = 5) -> str:
     shown = ", ".join(str(n) for n in lines[:limit])
     more = f" and {len(lines) - limit} more" if len(lines) > limit else ""
     return f"{'line' if len(lines) == 1 else 'lines'} {shown}{more}"
+
+
+def printable(text: str) -> str:
+    """`text` with control and bidirectional characters written as escapes ('\\x1b', '\\n', '\\u202e'), for the
+    console: a file name or a cell cannot drive the terminal."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

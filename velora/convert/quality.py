@@ -78,6 +78,13 @@ def find_conflicts(rows: Sequence[CheckedRow]) -> list[RowIssue]:
 MIN_PREMISE_WORDS = 3
 IMBALANCE_RATIO = 1 / 3  # rarest label below a third of the most common one
 _CJK = re.compile(r"[\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+# Scripts written without spaces between words, with roughly how many characters make a word: Han and kana
+# (Chinese ~1.7 characters a word), Thai, Lao, Khmer and Myanmar (~4). Hangul is written with spaces.
+_UNSPACED = (
+    (re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"), 2),
+    (re.compile(r"[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]"), 4),
+)
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # letters and digits of any script, with inner apostrophes
 _STOPWORDS = frozenset(
     "a an the this that these those it its is are was were be been being of in on at to for with and or very "
     "really quite some there here looks look looking seems seem appears appear".split()
@@ -88,14 +95,27 @@ _VAGUE_WORDS = frozenset(
 )
 
 
+def count_words(text: str) -> tuple[list[str], int]:
+    """(the words written with spaces between them, casefolded; how many words the text in scripts written without
+    spaces amounts to, estimated from its characters)."""
+    unspaced = 0
+    for script, chars_per_word in _UNSPACED:
+        chars = len(script.findall(text))
+        if chars:
+            unspaced += -(-chars // chars_per_word)
+            text = script.sub(" ", text)
+    return _WORD.findall(text.casefold()), unspaced
+
+
 def is_vague_premise(premise: str) -> bool:
-    """Very short (< MIN_PREMISE_WORDS words), or nothing concrete in it ('The object looks nice')."""
-    words = re.findall(r"[a-z0-9']+", premise.casefold())
-    if not words:
-        return bool(premise.strip())  # only symbols/non-Latin text: not describable in English
-    if len(words) < MIN_PREMISE_WORDS:
+    """Very short (< MIN_PREMISE_WORDS words, in any script), or nothing concrete in it ('The object looks
+    nice'; the list of vague words is English)."""
+    if not premise.strip():
+        return False
+    words, unspaced = count_words(premise)
+    if len(words) + unspaced < MIN_PREMISE_WORDS:
         return True
-    return all(w in _STOPWORDS or w in _VAGUE_WORDS for w in words)
+    return not unspaced and all(w in _STOPWORDS or w in _VAGUE_WORDS for w in words)
 
 
 def has_cjk(text: str) -> bool:

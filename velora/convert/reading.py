@@ -1,8 +1,12 @@
 """Reading a user's CSV/JSONL (or SNLI-VE jsonl) into raw rows: header mapping, encodings, delimiters, and a
-RowIssue for every line that cannot become a row. Checking the rows is velora.convert.rows' job."""
+RowIssue for every line that cannot become a row. Checking the rows is velora.convert.rows' job.
+
+CSV cells that velora neutralised against spreadsheet formulas (a leading `'`, see velora.convert.spreadsheet)
+are restored here."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -13,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from velora.convert.issues import RowIssue, clip
+from velora.convert.spreadsheet import restore
 from velora.errors import VeloraError
 
 FIELDS = ("image_path", "premise", "hypothesis", "label")  # the guide's CSV header; all four columns must exist
@@ -24,6 +29,18 @@ ALIASES = {
     "hypothesis": ("sentence2",),
     "label": ("gold_label",),
 }
+# Characters one CSV field may hold while parsing (Python's default, 131,072, is only a long paragraph); a longer
+# field is what an unmatched double quote produces. Long values are dropped row by row (velora.convert.rows).
+CSV_FIELD_LIMIT = 16 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def _csv_field_limit(limit: int):
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 @dataclass
@@ -97,6 +114,11 @@ def _sniff_delimiter(header_line: str, suffix: str) -> str:
 
 
 def read_csv(path: Path) -> InputTable:
+    with _csv_field_limit(CSV_FIELD_LIMIT):
+        return _read_csv(path)
+
+
+def _read_csv(path: Path) -> InputTable:
     text = _decode(path, path.read_bytes())
     first_line = re.split(r"\r\n|\r|\n", text, maxsplit=1)[0]
     if not first_line.strip():
@@ -104,7 +126,7 @@ def read_csv(path: Path) -> InputTable:
                           f"{','.join(FIELDS)}")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_sniff_delimiter(first_line, path.suffix.lower()))
     try:
-        header = next(reader)
+        header = [restore(cell) for cell in next(reader)]
     except csv.Error as e:
         raise VeloraError(f"{path} line 1: cannot parse the header ({e})") from None
     fields, metadata = map_columns(header)
@@ -150,7 +172,7 @@ def read_csv(path: Path) -> InputTable:
                 value=clip(",".join(row)),
             ))
             continue
-        row = row + [""] * (width - len(row))
+        row = [restore(cell) for cell in row] + [""] * (width - len(row))
         rows.append(RawRow(
             start,
             {name: row[i] for name, i in fields.items()},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from velora import __version__
-from velora.convert.issues import QualityWarning, RowIssue, plural
+from velora.convert.issues import QualityWarning, RowIssue, plural, printable
 from velora.labels import LABELS
 
 REPORT_NAME = "conversion_report.json"
@@ -28,19 +29,35 @@ CODE_TEXT = {
     "not_text": "field is not text",
     "unknown_label": "unknown label",
     "url_not_supported": "image path is a URL",
+    "field_too_long": "text too long",
     "image_not_found": "image file not found",
-    "not_a_file": "image path is a directory",
+    "path_outside_root": "image path outside the input's folder / --image_root (refused)",
+    "not_a_file": "not a regular file (a directory, device, FIFO or socket)",
     "empty_file": "empty image file",
+    "file_too_large": "image file over the size limit",
+    "read_timeout": "image file too slow to read",
     "not_an_image": "not an image",
     "truncated_image": "truncated or corrupt image",
     "image_too_large": "image over the pixel limit",
+    "decode_timeout": "image too slow to decode",
     "bad_image": "unreadable image",
     # flagged (kept)
     "duplicate": "exact duplicate, kept once",
     "conflicting_labels": "same image + hypothesis, conflicting labels",
-    "outside_image_root": "image outside the CSV folder / --image_root (allowed)",
+    "outside_image_root": "image outside the input's folder / --image_root (--allow_outside_paths)",
     "found_in_working_directory": "image found relative to the working directory, not the CSV folder",
 }
+
+
+# Characters json.dumps(ensure_ascii=False) leaves raw that a terminal obeys or that reorder text: DEL, C1 controls
+# (0x9b starts an escape sequence on some terminals), bidirectional marks and overrides.
+_RAW_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def json_text(value: Any) -> str:
+    """Indented JSON, UTF-8 text kept readable, every control character escaped (`cat report.json` is safe)."""
+    text = json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+    return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def label_counts(records: Sequence[Any]) -> dict[str, int]:
@@ -83,6 +100,16 @@ class ConversionReport:
     def duplicates(self) -> int:
         return sum(1 for issue in self.flagged if issue.code == "duplicate")
 
+    def sections(self) -> list[tuple[str, list[RowIssue]]]:
+        """(title, issues) of the rows dropped, removed as duplicates, and kept but flagged: three disjoint sets of
+        rows (the flags of a row removed as a duplicate are left out: that row is not in the dataset)."""
+        removed = {issue.line for issue in self.flagged if issue.code == "duplicate"}
+        return [
+            ("Dropped", self.dropped),
+            ("Duplicates removed (the first is kept)", [i for i in self.flagged if i.code == "duplicate"]),
+            ("Flagged (kept)", [i for i in self.flagged if i.code != "duplicate" and i.line not in removed]),
+        ]
+
     def to_dict(self) -> dict:
         return {
             "velora_version": __version__,
@@ -98,6 +125,7 @@ class ConversionReport:
                 "kept": self.kept,
                 "dropped": self.dropped_rows,
                 "duplicates_removed": self.duplicates,
+                "flagged": len({issue.line for issue in self.sections()[2][1]}),
                 "images": self.images,
                 "labels": self.labels,
                 "dropped_by_reason": dict(Counter(issue.code for issue in self.dropped).most_common()),
@@ -113,7 +141,7 @@ class ConversionReport:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(json_text(self.to_dict()), encoding="utf-8")
         os.replace(tmp, path)
         self.report_path = str(path)
         return path
@@ -129,7 +157,7 @@ class ConversionReport:
                 counts = "  ".join(f"{label} {split['labels'].get(label, 0):,}" for label in LABELS)
                 out.append(f"  {name:<{width}}  {plural(split['rows'], 'row'):>12}  "
                            f"{plural(split['images'], 'image'):>13}   {counts}")
-        for title, issues in (("Dropped", self.dropped), ("Flagged (kept)", self.flagged)):
+        for title, issues in self.sections():
             if not issues:
                 continue
             rows = len({issue.line for issue in issues})
@@ -142,4 +170,4 @@ class ConversionReport:
             out.append(f"Warning: {w.message}")
         if self.report_path:
             out.append(f"Report: {self.report_path}")
-        return "\n".join(out)
+        return "\n".join(printable(line) for line in out)

@@ -13,6 +13,7 @@ from velora.convert.reading import RawRow
 from velora.labels import normalize_label
 
 REQUIRED_VALUES = ("image_path", "hypothesis", "label")  # an empty premise is allowed (image-only prompt)
+MAX_TEXT_CHARS = 10_000  # of image_path, premise or hypothesis; the model reads the first 80 words of a text
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^data:", re.I)
 
 
@@ -44,6 +45,10 @@ def _text(raw: RawRow, name: str, issues: list[RowIssue]) -> str:
     elif not isinstance(value, str):
         issues.append(RowIssue(raw.line, name, "not_text", f"{name} must be text, got {type(value).__name__}",
                                value=clip(value)))
+        return ""
+    if len(value) > MAX_TEXT_CHARS:
+        issues.append(RowIssue(raw.line, name, "field_too_long", f"{name} is {len(value):,} characters, over the "
+                               f"limit of {MAX_TEXT_CHARS:,} (the model reads the first 80 words)", value=clip(value)))
         return ""
     # sentences: whitespace runs (newlines, tabs) become one space; a file name is only trimmed
     value = value.strip() if name == "image_path" else " ".join(value.split())

@@ -5,17 +5,17 @@ DatasetDict atomically, with conversion_report.json inside it; `load_records` fo
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
-from velora.convert.check import check_input
-from velora.convert.dataset import quiet_datasets, build_dataset
+from velora.convert.check import CheckedInput, check_input, image_limits
+from velora.convert.dataset import build_dataset, quiet_datasets
 from velora.convert.issues import QualityWarning, plural
 from velora.convert.report import REPORT_NAME, ConversionReport, split_summary
 from velora.convert.split import grouped_stratified_split
+from velora.convert.staging import staging_folder
 from velora.errors import VeloraError
-from velora.images import DEFAULT_MAX_PIXELS
+from velora.images import ImageLimits
 
 
 def _holds_dataset(path: Path) -> bool:
@@ -42,21 +42,36 @@ def _failure_report_path(output: Path) -> Path:
     return output.parent / f"{output.name}.{REPORT_NAME}"
 
 
+def _unusable(checked: CheckedInput, strict: bool) -> str | None:
+    """Why nothing may be written ("no usable rows ...", or --strict's dropped rows), naming the first reason."""
+    report = checked.report
+    if checked.records and not (strict and report.dropped):
+        return None
+    first = report.dropped[0] if report.dropped else None
+    why = f"; first: line {first.line}, {first.field}: {first.reason}" if first else ""
+    if not checked.records:
+        return f"no usable rows ({report.dropped_rows} dropped{why})"
+    return f"{report.dropped_rows} of {plural(report.rows_read, 'row')} would be dropped{why}"
+
+
 def convert(
     input_path: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
     image_root: str | os.PathLike | None = None,
+    allow_outside_paths: bool = False,
     val_ratio: float = 0.2,
     seed: int = 42,
     strict: bool = False,
     num_proc: int = 1,
     overwrite: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    limits: ImageLimits | None = None,
+    max_pixels: int | None = None,
     progress: bool = False,
 ) -> ConversionReport:
-    """Check `input_path` and write a DatasetDict (train, validation) to `output_dir`, with conversion_report.json
-    inside it. The split keeps each image (by content) in one split and the label mix of the whole.
+    """Check `input_path` (see check_input for `image_root`, `allow_outside_paths`, `limits`, `max_pixels`) and
+    write a DatasetDict (train, validation) to `output_dir`, with conversion_report.json inside it. The split keeps
+    each image (by content) in one split and the label mix of the whole.
 
     The dataset appears at `output_dir` only when complete (written beside it, then renamed into place). When no
     row survives, or `strict` and a row was dropped, nothing is written there and the report goes to
@@ -67,21 +82,16 @@ def convert(
     input_path = Path(input_path)
     _check_output_dir(output, input_path, Path(image_root) if image_root else None, overwrite)
 
-    checked = check_input(input_path, image_root=image_root, max_pixels=max_pixels, num_proc=num_proc,
-                          progress=progress)
-    report = checked.report
+    limits = image_limits(limits, max_pixels)
+    checked = check_input(input_path, image_root=image_root, allow_outside_paths=allow_outside_paths,
+                          limits=limits, num_proc=num_proc, progress=progress)
+    report, records = checked.report, checked.records
     report.settings.update({"val_ratio": val_ratio, "seed": seed, "strict": strict})
-    records = checked.records
-    if not records or (strict and report.dropped):
+    problem = _unusable(checked, strict)
+    if problem:
         failure = report.save(_failure_report_path(output))
-        first = report.dropped[0] if report.dropped else None
-        why = f"; first: line {first.line}, {first.field}: {first.reason}" if first else ""
-        if not records:
-            raise VeloraError(f"{input_path}: no usable rows ({report.dropped_rows} dropped{why}); "
-                              f"every reason is in {failure}")
-        raise VeloraError(f"--strict: {report.dropped_rows} of {plural(report.rows_read, 'row')} would be dropped"
-                          f"{why}; "
-                          f"every reason is in {failure}")
+        where = f"{input_path}: " if not records else "--strict: "
+        raise VeloraError(f"{where}{problem}; every reason is in {failure}")
 
     train_idx, val_idx = grouped_stratified_split([r.label for r in records], [r.image_key for r in records],
                                                   val_ratio, seed)
@@ -96,10 +106,8 @@ def convert(
 
     from datasets import DatasetDict  # deferred: datasets takes ~1 s to import
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.velora-tmp-", dir=output.parent))
-    try:
-        full = build_dataset(records, work / "records", max_pixels=max_pixels, progress=progress)
+    with staging_folder(output) as work:
+        full = build_dataset(records, work / "records", limits=limits, progress=progress)
         dataset = DatasetDict({"train": full.select(train_idx), "validation": full.select(val_idx)})
         staged = work / "dataset"
         with quiet_datasets():
@@ -111,37 +119,25 @@ def convert(
         if output.exists():
             os.replace(output, work / "previous")
         os.replace(staged, output)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     stale = _failure_report_path(output)
     if stale.exists():
         stale.unlink()
     return report
 
 
-def load_records_with_report(
-    input_path: str | os.PathLike,
-    *,
-    image_root: str | os.PathLike | None = None,
-    num_proc: int = 1,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    strict: bool = False,
-    progress: bool = False,
-):
-    """A CSV/JSONL checked and loaded in memory as one datasets.Dataset (same features as `convert` output, no
-    split), with its report. For `velora train --train_file x.csv` / `velora eval --test_file x.csv`."""
-    checked = check_input(input_path, image_root=image_root, max_pixels=max_pixels, num_proc=num_proc,
-                          progress=progress)
-    report = checked.report
-    if not checked.records or (strict and report.dropped):
-        first = report.dropped[0] if report.dropped else None
-        why = f"; first: line {first.line}, {first.field}: {first.reason}" if first else ""
-        what = "no usable rows" if not checked.records else f"{plural(report.dropped_rows, 'row')} would be dropped"
-        raise VeloraError(f"{input_path}: {what}{why}; run `velora validate {input_path}` for every reason")
+def load_records_with_report(input_path: str | os.PathLike, *, strict: bool = False, **options):
+    """A CSV/JSONL checked (`options` as for check_input: image_root, allow_outside_paths, limits, max_pixels,
+    num_proc, progress) and loaded in memory as one datasets.Dataset (same features as `convert` output, no split),
+    with its report. For `velora train --train_file x.csv` / `velora eval --test_file x.csv`."""
+    options["limits"] = image_limits(options.get("limits"), options.pop("max_pixels", None))
+    checked = check_input(input_path, **options)
+    problem = _unusable(checked, strict)
+    if problem:
+        raise VeloraError(f"{input_path}: {problem}; run `velora validate {input_path}` for every reason")
     with tempfile.TemporaryDirectory(prefix="velora-load-") as cache:
-        dataset = build_dataset(checked.records, cache, max_pixels=max_pixels, keep_in_memory=True,
-                                progress=progress)
-    return dataset, report
+        dataset = build_dataset(checked.records, cache, limits=options["limits"], keep_in_memory=True,
+                                progress=options.get("progress", False))
+    return dataset, checked.report
 
 
 def load_records(input_path: str | os.PathLike, **kwargs):
