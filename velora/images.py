@@ -38,7 +38,7 @@ class ImageLimits:
     """What one image may cost. OFA looks at a square of 256-480 px (672 at most); the defaults leave room for every
     ordinary photo and refuse what only an attack or a mistake produces."""
 
-    max_pixels: int = 40_000_000  # declared width x height: a 12-24 MP phone photo, a 36 MP scan; 170x OFA's input
+    max_pixels: int = 40_000_000  # declared width x height: 12-24 MP phone photos, a 35 MP A4 scan; 170x OFA input
     max_side: int = 16_384  # either side (WebP's own limit is 16,383); refuses 80,000,000 x 1 strips
     max_bytes: int = 10 * 1024 * 1024  # a file's size: the server's default upload limit (10 MB)
     draft_side: int = 1_344  # JPEGs decode at reduced scale, keeping both sides >= 2x the largest OFA input
@@ -238,8 +238,11 @@ def _to_8bit_block(block: np.ndarray, sixteen_bit: bool, unit_float: bool) -> np
     if block.dtype.kind == "f":
         scaled = block / np.float32(257) if sixteen_bit else block * np.float32(255) if unit_float else block
         return np.clip(np.rint(scaled), 0, 255)
-    if sixteen_bit:  # round(v / 257) in integers: 65535 -> 255, 32896 -> 128
-        return np.clip((block.astype(np.int64) + 128) // 257, 0, 255)
+    if sixteen_bit:  # round(v / 257) exactly, in integers: (255 v + 32895) >> 16; 65535 -> 255, 32896 -> 128
+        scaled = np.clip(block, 0, 65535).astype(np.uint32)
+        scaled *= 255
+        scaled += 32895
+        return scaled >> 16
     return np.clip(block, 0, 255)
 
 
