@@ -83,10 +83,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model_dir: Path, max_batch_size: int, max_wait_ms: float, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: Path, max_batch_size: int, max_wait_ms: float, log: Path,
+                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`velora serve` on a free port (`extra`: more flags); (process, base URL) once /readyz answers."""
     port = free_port()
     command = [sys.executable, "-c", "from velora.cli import cli; cli()", "serve", "--model_path", str(model_dir),
-               "--port", str(port), "--max_batch_size", str(max_batch_size), "--max_wait_ms", str(max_wait_ms)]
+               "--port", str(port), "--max_batch_size", str(max_batch_size), "--max_wait_ms", str(max_wait_ms),
+               *extra]
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
