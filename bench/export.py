@@ -135,8 +135,12 @@ def main() -> None:
 
         start = time.perf_counter()
         exported = export_onnx(tmp / "merged_float32", tmp / "onnx" / "model.onnx", quantize="int8")
-        print(f"export + int8: {time.perf_counter() - start:.0f}s")
-        forms.append(("ONNX fp32", "onnx", exported.fp32_path, exported.fp32_size_bytes))
+        print(f"export (torch.export) + int8: {time.perf_counter() - start:.0f}s")
+        start = time.perf_counter()
+        legacy = export_onnx(tmp / "merged_float32", tmp / "onnx_legacy" / "model.onnx", exporter="torchscript")
+        print(f"export (TorchScript exporter): {time.perf_counter() - start:.0f}s")
+        forms.append(("ONNX fp32 (torch.export)", "onnx", exported.fp32_path, exported.fp32_size_bytes))
+        forms.append(("ONNX fp32 (TorchScript exporter)", "onnx", legacy.output, legacy.size_bytes))
         forms.append(("ONNX int8 (dynamic)", "onnx", exported.output, exported.size_bytes))
 
         best = {name: (float("inf"), float("inf")) for name, *_ in forms}

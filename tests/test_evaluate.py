@@ -121,6 +121,12 @@ def test_cli_writes_report_json_and_plot(tiny_adapter_dir, test_csv, tmp_path):
     with Image.open(plot) as img:
         assert img.format == "PNG" and img.width > img.height  # base and tuned side by side
 
+    again = ["eval", "--model_path", str(tiny_adapter_dir), "--test_file", str(test_csv), "--output_report",
+             str(report)]
+    refused = CliRunner().invoke(cli, again)  # an existing file is replaced only when asked
+    assert refused.exit_code == 2 and "--overwrite" in refused.output and report.read_text() == text
+    assert CliRunner().invoke(cli, [*again, "--overwrite"]).exit_code == 0
+
 
 @pytest.mark.parametrize("args, message", [
     (["--test_file", "nope.csv"], "nope.csv: no such file"),

@@ -12,6 +12,7 @@ import click
 
 from velora import __version__
 from velora.errors import VeloraError
+from velora.train.cli import init_command, train_command
 
 
 # The guide's script names (scripts/convert_to_hf.py, finetune_lora.py, ...) work as hidden command names.
@@ -333,8 +334,9 @@ def demo_command(output_dir, model_path, small, quick):
               help="Also score with the adapter switched off; show base, tuned and the deltas.")
 @click.option("--batch_size", "--batch-size", "batch_size", type=click.IntRange(1, 1024), default=16,
               show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace report files that already exist.")
 def eval_command(model_path, base_model, device, dtype, image_size, test_file, split, output_report, output_json,
-                 plot, compare_base, batch_size):
+                 plot, compare_base, batch_size, overwrite):
     """Accuracy, per-class precision / recall / F1 and the confusion matrix on a labelled test set.
 
     \b
@@ -346,7 +348,7 @@ def eval_command(model_path, base_model, device, dtype, image_size, test_file, s
     """
     from velora.evaluate import check_output_paths, evaluate
 
-    check_output_paths(output_report, output_json, plot)
+    check_output_paths(output_report, output_json, plot, overwrite)
     predictor = load_predictor(model_path, base_model, device, dtype, image_size)
     result = evaluate(predictor, test_file, split=split, compare_base=compare_base, batch_size=batch_size,
                       progress=True)
@@ -493,31 +495,6 @@ def export_onnx_command(model_path, base_model, output, quantize, eval_file, spl
     click.echo(result.summary())
 
 
-@cli.command("train", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                        "help_option_names": []})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def train_command(args):
-    """LoRA fine-tuning with the guide's flags plus any transformers TrainingArguments flag.
-
-    --config PATH reads a JSON file with the guide's keys (configs/lora_config.json); flags override it.
-
-    \b
-    Examples:
-      velora train --model_name_or_path iic/ofa_visual-entailment_snli-ve_large_en \\
-          --dataset_name ./data/hf_dataset --output_dir ./lora_finetuned \\
-          --per_device_train_batch_size 4 --num_train_epochs 3 --save_steps 100 --logging_steps 20
-      velora train --config configs/lora_config.json --num_train_epochs 5
-      velora train --train_file data/my_ve_data.csv --output_dir ./lora_finetuned --learning_rate auto
-      velora train ... --resume_from_checkpoint auto      # after an interruption
-      torchrun --nproc_per_node 2 -m velora train ...     # data-parallel (gloo on CPU)
-    """
-    if any(a in ("-h", "--help") for a in args):
-        from velora.train_args import help_text
-
-        import inspect
-
-        click.echo(inspect.cleandoc(train_command.__doc__).replace("\b\n", "") + "\n\n" + help_text())
-        return
-    from velora.train import main
-
-    main(list(args))
+# `velora train` (click options made from TrainConfig) and `velora init` live with the training code
+cli.add_command(train_command)
+cli.add_command(init_command)

@@ -8,6 +8,7 @@ rows = true label, columns = predicted label, LABELS order.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import numpy as np
 
 from velora.data import ExampleSet, load_examples, score_examples
 from velora.errors import VeloraError
+from velora.io import check_output_file, write_atomic
 from velora.labels import LABELS
 from velora.metrics import Metrics, compute_metrics, predicted_labels  # noqa: F401 (re-exported: velora.evaluate API)
 from velora.predictor import BASE, Predictor
@@ -105,11 +107,12 @@ class EvalResult:
         return plot_confusion(self, path)
 
 
-def check_output_paths(report: str | None, json_path: str | None, plot: str | None) -> None:
-    """Fail before the (slow) evaluation on an output path that cannot be written."""
+def check_output_paths(report: str | None, json_path: str | None, plot: str | None, overwrite: bool = False
+                       ) -> None:
+    """Fail before the (slow) evaluation on an output path that cannot be written (velora.io's policy)."""
     for flag, path in (("--output_report", report), ("--output_json", json_path), ("--plot", plot)):
-        if path and Path(path).is_dir():
-            raise VeloraError(f"{flag} {path}: is a directory; give a file name")
+        if path:
+            check_output_file(path, flag, overwrite=overwrite)
     if plot:
         import matplotlib
 
@@ -122,12 +125,9 @@ def check_output_paths(report: str | None, json_path: str | None, plot: str | No
 
 
 def _write(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    if path.is_dir():
+    if Path(path).is_dir():
         raise VeloraError(f"{path}: is a directory; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write_atomic(path, text)
 
 
 def evaluate(predictor: Predictor, test_file: str | os.PathLike | ExampleSet, *, split: str = "validation",
@@ -168,12 +168,11 @@ def plot_confusion(result: EvalResult, path: str | os.PathLike) -> Path:
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path, image = Path(path), io.BytesIO()
     try:
-        fig.savefig(path, dpi=120)
+        fig.savefig(image, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
     except ValueError as e:  # unknown suffix
         raise VeloraError(f"--plot {path}: {e}") from None
     finally:
         plt.close(fig)
-    return path
+    return write_atomic(path, image.getvalue())

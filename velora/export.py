@@ -18,10 +18,12 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.export import Dim
 from tqdm.auto import tqdm
 
 from velora.data import ExampleSet, load_examples, score_examples
 from velora.errors import VeloraError
+from velora.io import check_output_file
 from velora.evaluate import compute_metrics, predicted_labels
 from velora.images import ImageSource
 from velora.labels import ANSWER_WORDS, LABELS
@@ -36,8 +38,9 @@ DYNAMIC_AXES = {"patch_images": {0: "batch"}, "input_ids": {0: "batch", 1: "leng
                 "decoder_input_ids": {0: "batch", 1: "decoder_length"}, "answer_positions": {0: "batch"},
                 OUTPUT_NAME: {0: "batch"}}
 TOLERANCE = 1e-4  # max |probability difference| of the fp32 graph vs torch
-OPSET = 17
+OPSET = 18  # the dynamo exporter's own; 17 works too (converted down)
 INT8_OPS = ["MatMul", "Gemm"]
+PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # one .onnx file holds < 2 GB; larger weights go to a .data file beside it
 
 
 class ScoringGraph(nn.Module):
@@ -136,21 +139,31 @@ class ExportResult:
         return "\n".join(lines)
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
-    if output.suffix != ".onnx":
-        raise VeloraError(f"--output {output}: give a file name ending in .onnx")
-    if output.is_dir():
-        raise VeloraError(f"--output {output}: is a directory; give a file name ending in .onnx")
-    if output.exists() and not overwrite:
-        raise VeloraError(f"--output {output}: already exists; pass --overwrite to replace it")
+def _weight_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
-def _export_graph(graph: ScoringGraph, example: list[torch.Tensor], path: Path, opset: int) -> None:
-    """TorchScript-based exporter (see bench/RESULTS.md for the dynamo exporter's measurements)."""
+def _dynamic_shapes(max_length: int) -> dict:
+    """Batch and prompt length vary; the decoder input is one token shorter than the encoder's."""
+    batch, length = Dim("batch", min=1, max=1024), Dim("length", min=3, max=max_length)
+    return {"patch_images": {0: batch}, "input_ids": {0: batch, 1: length},
+            "decoder_input_ids": {0: batch, 1: length - 1}, "answer_positions": {0: batch}}
+
+
+def _export_graph(graph: ScoringGraph, example: list[torch.Tensor], path: Path, opset: int,
+                  exporter: str = "dynamo") -> None:
+    """torch.export-based ("dynamo") or the legacy TorchScript-based exporter; both give one graph for any batch size
+    and prompt length (bench/RESULTS.md compares them)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about those shortcuts; legacy-exporter deprecation
-        torch.onnx.export(graph, tuple(example), str(path), dynamo=False, opset_version=opset,
-                          input_names=INPUT_NAMES, output_names=[OUTPUT_NAME], dynamic_axes=DYNAMIC_AXES)
+        warnings.simplefilter("ignore")  # tracer warnings; the legacy exporter's deprecation notice
+        if exporter == "dynamo":
+            shapes = _dynamic_shapes(graph.model.config.max_position_embeddings)
+            torch.onnx.export(graph, tuple(example), str(path), dynamo=True, opset_version=opset,
+                              input_names=INPUT_NAMES, output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
+                              external_data=_weight_bytes(graph) > PROTOBUF_LIMIT, verbose=False)
+        else:
+            torch.onnx.export(graph, tuple(example), str(path), dynamo=False, opset_version=opset,
+                              input_names=INPUT_NAMES, output_names=[OUTPUT_NAME], dynamic_axes=DYNAMIC_AXES)
 
 
 def _quantize_int8(source: Path, target: Path) -> None:
@@ -165,13 +178,14 @@ def _quantize_int8(source: Path, target: Path) -> None:
         logging.disable(logging.NOTSET)
 
 
-def _write_sidecar(path: Path, predictor: Predictor, opset: int, quantization: str | None) -> None:
+def _write_sidecar(path: Path, predictor: Predictor, opset: int, quantization: str | None, exporter: str) -> None:
     processor = predictor.processor
     bos, eos, pad = processor.bos_id, processor.eos_id, processor.pad_id
     info = {
         "format": "velora-onnx/1",
         "source_model": predictor.description,
         "opset": opset,
+        "exporter": "torch.export (dynamo)" if exporter == "dynamo" else "TorchScript (legacy)",
         "quantization": quantization,
         "inputs": {
             "patch_images": "float32 (batch, 3, S, S): RGB, bicubic resize to S x S (no crop), /255, (x-mean)/std",
@@ -194,14 +208,17 @@ def _write_sidecar(path: Path, predictor: Predictor, opset: int, quantization: s
 def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike, *, base_model: str | None = None,
                 quantize: str | None = None, eval_file: str | os.PathLike | None = None, split: str = "validation",
                 image_size: int | None = None, opset: int = OPSET, batch_size: int = 8, overwrite: bool = False,
+                exporter: str = "dynamo",
                 progress: bool = False) -> ExportResult:
     """Export `model_path` (model dir, adapter dir or hub id) to `output` (.onnx), check it against torch with
     onnxruntime, and with `quantize="int8"` write the int8 graph to `output` (the fp32 one to `<stem>.fp32.onnx`);
     with `eval_file`, measure the accuracy of the exported graph(s) on it."""
+    if exporter not in ("dynamo", "torchscript"):
+        raise VeloraError(f"--exporter {exporter}: use dynamo (torch.export) or torchscript (legacy)")
     if quantize not in (None, "int8"):
         raise VeloraError(f"--quantize {quantize}: only int8 (dynamic) is supported")
     output = Path(output)
-    _check_output(output, overwrite)
+    check_output_file(output, "--output", overwrite=overwrite, suffixes=(".onnx",))
     examples = None
     if eval_file is not None:
         examples = load_examples(eval_file, split)  # fail on a bad eval file before the slow export
@@ -220,20 +237,20 @@ def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike, *, bas
 
     output.parent.mkdir(parents=True, exist_ok=True)
     fp32_path = output.with_name(output.stem + ".fp32.onnx") if quantize else output
-    _export_graph(graph, inputs(slice(0, 2)), fp32_path, opset)
+    _export_graph(graph, inputs(slice(0, 2)), fp32_path, opset, exporter)
     fp32 = OnnxPredictor(fp32_path, predictor.processor)
     max_diff = (fp32.run(check) - expected).abs().max().item()
     if max_diff > TOLERANCE:
         fp32_path.unlink()
         raise VeloraError(f"ONNX graph differs from torch by {max_diff:.2e} (limit {TOLERANCE:.0e}); removed it")
-    _write_sidecar(fp32_path, predictor, opset, None)
+    _write_sidecar(fp32_path, predictor, opset, None, exporter)
     predictor.processor.save_tokenizer(output.parent)
     result = ExportResult(output, max_diff, fp32_path.stat().st_size)
     scorers = [fp32]
     if quantize:
         _quantize_int8(fp32_path, output)
         what = f"int8 dynamic (onnxruntime quantize_dynamic: {', '.join(INT8_OPS)} weights QInt8)"
-        _write_sidecar(output, predictor, opset, what)
+        _write_sidecar(output, predictor, opset, what, exporter)
         scorers.append(OnnxPredictor(output, predictor.processor))
         got = scorers[1].run(check)
         result.fp32_path, result.fp32_size_bytes = fp32_path, result.size_bytes

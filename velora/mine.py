@@ -24,6 +24,7 @@ from PIL import Image
 from velora.convert.spreadsheet import write_rows
 from velora.data import ExampleSet, load_examples, metadata_of, score_examples
 from velora.errors import VeloraError
+from velora.io import check_output_file
 from velora.labels import LABELS
 from velora.predictor import Predictor
 
@@ -131,11 +132,10 @@ def mine(predictor: Predictor, data: str | os.PathLike | ExampleSet, output_file
 
 
 def check_output(output: Path, overwrite: bool) -> None:
-    if output.is_dir():
-        raise VeloraError(f"--output_file {output}: is a directory; give a .csv file name")
-    if output.exists() and not overwrite:
+    if output.exists() and not output.is_dir() and not overwrite:  # say why this file matters before io's refusal
         raise VeloraError(f"--output_file {output}: already exists (perhaps already reviewed); pass --overwrite "
                           "or choose another file name")
+    check_output_file(output, "--output_file", overwrite=overwrite)
 
 
 def _row_values(record: dict[str, list], label: str, flag: str, probs: torch.Tensor, index: int) -> dict:

@@ -79,7 +79,10 @@ class OFAAttention(nn.Module):
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, hs)
         if self.c_attn is not None:
             y = y * self.c_attn.view(1, -1, 1, 1).to(y.dtype)
-        return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
+        y = y.transpose(1, 2)  # (B, T, H, hs)
+        if torch.compiler.is_exporting():  # torch.export's decompositions mis-read the strides of CPU SDPA's output
+            y = y.clone(memory_format=torch.contiguous_format)
+        return self.out_proj(y.reshape(B, T, C))
 
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
