@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import numpy as np
 import uvicorn
 from PIL import Image
@@ -70,6 +71,11 @@ def live_server(app, timeout: float = 120.0) -> Iterator[str]:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def keyed_client(url: str, key: str) -> httpx.Client:
+    """An httpx client for a live server that sends `key` as X-API-Key."""
+    return httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60)
 
 
 def host_port(url: str) -> tuple[str, int]:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from serve_helpers import image_bytes, live_server
+from serve_helpers import image_bytes, keyed_client, live_server
 
 from velora.predictor import Predictor
 from velora.serve import ServeSettings, create_app
@@ -25,14 +25,13 @@ KEY = "inputs-key"
 
 @pytest.fixture(scope="module")
 def url(tiny_adapter_dir):
-    settings = ServeSettings(model_path=str(tiny_adapter_dir), api_key=KEY, max_upload_mb=1)
-    with live_server(create_app(settings)) as url:
+    with live_server(create_app(ServeSettings(model_path=str(tiny_adapter_dir), api_key=KEY, max_upload_mb=1))) as url:
         yield url
 
 
 @pytest.fixture()
 def client(url):
-    with httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=60) as c:
+    with keyed_client(url, KEY) as c:
         yield c
 
 

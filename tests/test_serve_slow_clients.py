@@ -101,7 +101,36 @@ def assert_413_json(status: int, body: bytes) -> None:
     assert answer["field"] == "body" and "1 MB" in answer["detail"]
 
 
-# -- item 4: every client reads the 413 -----------------------------------------------------------------------------
+# -- the body limit; item 4: every client reads the 413 -------------------------------------------------------------
+
+def test_oversize_body_is_413_json(url):
+    response = httpx.post(f"{url}/check", files={"image": ("a.png", b"\0" * (2**20 + 1))}, data={"hypothesis": "h"},
+                          headers={"X-API-Key": KEY}, timeout=60)
+    assert_413_json(response.status_code, response.content)
+
+
+def test_oversize_streamed_body_is_cut_at_the_limit(url):
+    def chunks():  # no Content-Length: the server must count while reading
+        yield b"--xx\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n"
+        for _ in range(40):
+            yield b"\0" * 65536
+    response = httpx.post(f"{url}/check", content=chunks(), timeout=60,
+                          headers={"Content-Type": "multipart/form-data; boundary=xx", "X-API-Key": KEY})
+    assert_413_json(response.status_code, response.content)
+
+
+def test_2gb_content_length_is_refused_before_reading(url):
+    with connect(url) as sock:
+        sock.sendall(f"POST /check HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: multipart/form-data; "
+                     f"boundary=xx\r\nContent-Length: {2**31}\r\n\r\n".encode() + b"\0" * 1024)
+        reply = b""
+        while b"}" not in reply:  # headers, then the JSON body
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {reply!r}"
+            reply += chunk
+    status, headers, body = parse_reply(reply)
+    assert_413_json(status, body)
+
 
 def test_oversize_upload_413_reaches_urllib(url):
     """urllib always sends Connection: close and reads nothing until it has sent the whole body."""
