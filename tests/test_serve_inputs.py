@@ -136,6 +136,7 @@ def test_a_422_echoes_a_bounded_part_of_the_body(client, endpoint):
     body = b'{"hypothesis": "h", "image": "' + b"A" * 900_000  # not JSON: no closing quote
     response = client.post(endpoint, content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 422 and len(response.content) < 2000, response.content[:300]
+    assert f"({len(body):,} bytes)" in response.text
     huge_item = {"image": "A" * 900_000}  # valid JSON, missing hypothesis: FastAPI echoes the whole object
     response = client.post("/check", json=huge_item)
     assert response.status_code == 422 and len(response.content) < 2000, response.content[:300]

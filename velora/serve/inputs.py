@@ -95,7 +95,8 @@ def _short(value: Any, depth: int = 0) -> Any:
     if isinstance(value, UploadFile):
         return f"<file {value.filename!r}>"
     if isinstance(value, (bytes, bytearray)):
-        value = bytes(value[:4 * ECHO_CHARS]).decode("utf-8", "replace") + ("…" if len(value) > 4 * ECHO_CHARS else "")
+        text = bytes(value[:4 * ECHO_CHARS]).decode("utf-8", "replace")
+        return text if len(value) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}… ({len(value):,} bytes)"
     if isinstance(value, str):
         return value if len(value) <= ECHO_CHARS else f"{value[:ECHO_CHARS]}… ({len(value):,} characters)"
     if value is None or isinstance(value, (bool, int, float)):
@@ -117,7 +118,7 @@ def _body_errors(error: ValidationError, prefix: tuple = ("body",)) -> list[dict
     errors = []
     for e in error.errors(include_url=False):
         e = {**e, "loc": (*prefix, *e["loc"])}
-        if e["type"] == "missing" and e["loc"][-1] in HOW_TO_SEND:
+        if e["type"] == "missing" and e["loc"][1:] in (("image",), ("hypothesis",)):  # /check's, not an item's
             e["msg"] = f"Field required: {HOW_TO_SEND[e['loc'][-1]]}"
         errors.append(e)
     return errors
