@@ -275,9 +275,9 @@ def serve_command(model_path, base_model, device, dtype, image_size, adapters, h
       curl -F image=@data/test_product.jpg -F premise="A coffee maker on a counter" \\
           -F hypothesis="This appliance brews hot beverages" http://127.0.0.1:8000/check
     """
-    from velora.serve import ServeSettings, parse_adapter_specs
-    from velora.serve.app import attach_adapters
-    from velora.serve.run import ensure_port_free, serve
+    from velora.serve import ServeSettings, parse_adapter_specs  # deferred: fastapi/uvicorn only for `serve`
+    from velora.serve.app import attach_adapters  # deferred: as above
+    from velora.serve.run import ensure_port_free, serve  # deferred: as above
 
     settings = ServeSettings(model_path=model_path, base_model=base_model, device=device, dtype=dtype,
                              image_size=image_size, adapters=parse_adapter_specs(adapters), api_key=api_key,
