@@ -2,8 +2,9 @@
 process at rest measured in the same run.
 
 - images: `velora serve` (small random checkpoint) gets 8 worst-case images at once (16-bit 9400x9400 PNG,
-  80,000,000x1 PNG, 9000x9000 JPEG; each a few hundred KB) plus one normal 256x256 JPEG request, 5 rounds: the
-  server's peak RSS vs its idle RSS, the normal request's latency vs idle, RSS left afterwards.
+  80,000,000x1 PNG, 9000x9000 JPEG; 0.2 to 1.5 MB) plus one normal 256x256 JPEG request, for several rounds, each
+  after one normal request alone: the server's peak RSS vs its idle RSS, the normal request's latency under attack
+  vs alone (medians), RSS left afterwards.
 - convert: `velora convert` on a CSV with two good rows plus one row pointing at /dev/zero or at a FIFO: wall time
   and peak RSS vs the two good rows alone (a run over --guard seconds is killed and reported as hung).
 - loris: N slow-loris connections (half send headers a byte a second, half a body a byte a second) against
@@ -128,27 +129,31 @@ async def normal_latency(url: str, image: bytes, n: int = 7) -> float:
         return statistics.median([(await timed_check(client, "normal.jpg", image))[0] for _ in range(n + 2)][2:])
 
 
-async def image_rounds(url: str, attack: list[tuple[str, bytes]], image: bytes, rounds: int) -> tuple[list, list]:
-    """Each round: the 8 attack uploads and one normal request at once. (normal latencies, attack statuses)."""
-    latencies, statuses = [], []
+async def image_rounds(url: str, attack: list[tuple[str, bytes]], image: bytes,
+                       rounds: int) -> tuple[list, list, list]:
+    """Each round: one normal request alone, then the 8 attack uploads and one normal request at once, so that the
+    machine's other load hits both alike. (latencies alone, latencies under attack, attack statuses)."""
+    alone, under, statuses = [], [], []
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         for _ in range(rounds):
+            alone.append((await timed_check(client, "normal.jpg", image))[0])
             answers = await asyncio.gather(*(timed_check(client, name, data) for name, data in attack),
                                            timed_check(client, "normal.jpg", image))
-            latencies.append(answers[-1][0])
+            under.append(answers[-1][0])
             statuses += [status for _, status in answers[:-1]]
-    return latencies, statuses
+    return alone, under, statuses
 
 
 def bench_images(model_dir: Path, logs: Path, rounds: int) -> None:
     attack, image = worst_images(), camera_images(1)[0]
     process, url = start_server(model_dir, 16, 10.0, logs / "images.log")
     try:
-        idle_latency = asyncio.run(normal_latency(url, image))
+        asyncio.run(normal_latency(url, image, 3))  # warm
         idle_rss = rss_mb(process.pid)
         with PeakRSS(process.pid) as peak:
-            latencies, statuses = asyncio.run(image_rounds(url, attack, image, rounds))
+            alone, latencies, statuses = asyncio.run(image_rounds(url, attack, image, rounds))
+        idle_latency = statistics.median(alone)
         time.sleep(3)
         after = rss_mb(process.pid)
     finally:
@@ -289,7 +294,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=["images", "convert", "loris"],
                         default=["images", "convert", "loris"])
-    parser.add_argument("--rounds", type=int, default=5, help="image attack rounds")
+    parser.add_argument("--rounds", type=int, default=9, help="image attack rounds")
     parser.add_argument("--loris", type=int, nargs="+", default=[300], help="slow-loris connection counts")
     parser.add_argument("--window", type=float, default=60.0, help="longest a slow-loris run lasts, s")
     parser.add_argument("--guard", type=float, default=60.0, help="a convert run longer than this is killed, s")
