@@ -16,12 +16,12 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import REPO, write_tiny_model
-from train_helpers import colour_csv, colour_dataset
+from conftest import REPO
+from train_helpers import base_model, colour_csv, dataset, run_train, train_argv  # noqa: F401 (fixtures)
 from velora.cli import cli
 from velora.errors import VeloraError
-from velora.train import COMPLETE_MARKER, main, resolve_resume
-from velora.train_args import parse_train_args
+from velora.train.checkpoints import COMPLETE_MARKER, resolve_resume
+from velora.train.cli import config_from_argv
 
 VELORA = [sys.executable, "-m", "velora"]
 
@@ -29,38 +29,22 @@ VELORA = [sys.executable, "-m", "velora"]
 # a real SIGKILL at a point that does not depend on how fast the machine is.
 KILL_MID_STEP_8 = """
 import os, signal, sys
-from velora import cli, train
-compute_loss = train.VETrainer.compute_loss
+from velora import cli
+from velora.train import recipe
+compute_loss = recipe.VETrainer.compute_loss
 def compute_loss_then_die(self, *args, **kwargs):
     if self.state.global_step == 7:
         os.kill(os.getpid(), signal.SIGKILL)
     return compute_loss(self, *args, **kwargs)
-train.VETrainer.compute_loss = compute_loss_then_die
+recipe.VETrainer.compute_loss = compute_loss_then_die
 cli.cli.main(sys.argv[1:], prog_name="velora")
 """
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory) -> Path:
-    """Tiny OFA without dropout, so runs are deterministic across processes and resumptions."""
-    return write_tiny_model(tmp_path_factory.mktemp("base") / "model", dropout=0.0)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return colour_dataset(tmp_path_factory.mktemp("data"))
-
-
-def train_args(base_model: Path, dataset: Path, output: Path, *extra: str) -> list[str]:
-    return ["--model_name_or_path", str(base_model), "--dataset_name", str(dataset), "--output_dir", str(output),
-            "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--lora_dropout", "0",
-            "--logging_steps", "2", "--save_steps", "4", "--report_to", "none", "--seed", "7", *extra]
-
-
-@pytest.fixture(scope="module")
 def trained(base_model, dataset, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("run") / "lora_finetuned"
-    main(train_args(base_model, dataset, output, "--max_steps", "40", "--save_steps", "10"))
+    run_train(train_argv(base_model, dataset, output, "--max_steps", "40", "--save_steps", "10"))
     return output
 
 
@@ -112,7 +96,7 @@ def test_predict_on_the_output_needs_nothing_else(trained, dataset):
 
 
 def test_guide_log_lines(base_model, dataset, tmp_path):
-    result = subprocess.run([*VELORA, "train", *train_args(base_model, dataset, tmp_path / "out", "--max_steps", "4",
+    result = subprocess.run([*VELORA, "train", *train_argv(base_model, dataset, tmp_path / "out", "--max_steps", "4",
                                                            "--report_to", "tensorboard")],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -121,6 +105,22 @@ def test_guide_log_lines(base_model, dataset, tmp_path):
     assert "Step 0/4 | Accuracy (val): " in output and "(base model)" in output
     assert "Trainable parameters: " in output
     assert list((tmp_path / "out" / "runs").rglob("events.out.tfevents*"))
+    assert "Kept step 4: best validation macro-F1" in output
+    assert f"Adapter: {tmp_path / 'out' / 'adapter_model.safetensors'} (" in output
+    assert "this is what the guide calls pytorch_model.bin" in output
+    assert "Note: --learning_rate 0.01 is 50x the guide's rule for an effective batch of 4" in output
+
+
+def test_model_card_says_what_was_trained_on_what(trained, base_model):
+    card = (trained / "README.md").read_text()
+    assert "More Information Needed" not in card and "library_name: peft" in card
+    assert f"base_model: {base_model.resolve()}" in card
+    assert "| train | 27 | 9 | 9 | 9 |" in card and "| validation | 9 | 3 | 3 | 3 |" in card  # rows per label
+    assert "LoRA: rank 8, alpha 16, dropout 0.0, on q_proj, v_proj" in card
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert f"| base model (step 0) | {metrics['baseline']['accuracy']:.4f} |" in card
+    assert f"| this adapter (step {metrics['final']['step']}) | {metrics['final']['accuracy']:.4f} |" in card
+    assert f"velora predict --model_path {trained}" in card and "PeftModel.from_pretrained(" in card
 
 
 def _adapter(path: Path) -> dict[str, torch.Tensor]:
@@ -128,10 +128,10 @@ def _adapter(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_after_kill_9_equals_straight_run(base_model, dataset, tmp_path):
-    args = lambda out: train_args(base_model, dataset, out, "--max_steps", "14", "--save_steps", "2",  # noqa: E731
+    args = lambda out: train_argv(base_model, dataset, out, "--max_steps", "14", "--save_steps", "2",  # noqa: E731
                                   "--logging_steps", "1", "--save_total_limit", "2")
     straight = tmp_path / "straight"
-    main(args(straight))
+    run_train(args(straight))
 
     killed = tmp_path / "killed"
     process = subprocess.run([sys.executable, "-c", KILL_MID_STEP_8, "train", *args(killed)], cwd=REPO,
@@ -140,7 +140,7 @@ def test_resume_after_kill_9_equals_straight_run(base_model, dataset, tmp_path):
     assert (killed / "checkpoint-6" / COMPLETE_MARKER).exists()
     assert not (killed / "adapter_config.json").exists()
 
-    main(args(killed) + ["--resume_from_checkpoint", "auto"])
+    run_train(args(killed) + ["--resume_from_checkpoint", "auto"])
     expected, actual = _adapter(straight), _adapter(killed)
     assert expected.keys() == actual.keys()
     for key in expected:
@@ -169,20 +169,20 @@ def test_config_file_with_flag_override(tmp_path, capsys):
                                   "per_device_train_batch_size": 2, "r": 4, "lora_alpha": 8, "lora_dropout": 0.05,
                                   "target_modules": ["q_proj", "v_proj"]}))
     (tmp_path / "my.csv").write_text("image_path,premise,hypothesis,label\n")
-    args = parse_train_args(["--config", str(config), "--num_train_epochs", "5", "--output_dir", str(tmp_path / "o"),
+    args = config_from_argv(["--config", str(config), "--num_train_epochs", "5", "--output_dir", str(tmp_path / "o"),
                              "--learning_rate", "auto"])
-    assert args.training.num_train_epochs == 5
+    assert args.num_train_epochs == 5
     assert "--num_train_epochs 5 overrides the config's 3" in capsys.readouterr().out
-    assert (args.lora.lora_r, args.lora.lora_alpha, args.lora.lora_dropout) == (4, 8, 0.05)
-    assert args.lora.lora_target_modules == "q_proj,v_proj"
-    assert args.data.train_file == str(tmp_path / "my.csv")
-    assert args.training.learning_rate == pytest.approx(1e-4)  # the guide: 1e-4 at batch 2
-    assert args.training.eval_steps == args.training.save_steps == 100
+    assert (args.lora_r, args.lora_alpha, args.lora_dropout) == (4, 8, 0.05)
+    assert args.lora_target_modules == "q_proj,v_proj"
+    assert args.train_file == str(tmp_path / "my.csv")
+    assert args.learning_rate == pytest.approx(1e-4)  # the guide: 1e-4 at batch 2
+    assert args.eval_steps == args.save_steps == 100
 
 
 def test_shipped_config_parses():
-    args = parse_train_args(["--config", str(REPO / "configs" / "lora_config.json"), "--output_dir", "/tmp/x"])
-    assert args.lora.lora_r == 8 and args.lora.lora_alpha == 16 and args.lora.lora_dropout == 0.1
+    args = config_from_argv(["--config", str(REPO / "configs" / "lora_config.json"), "--output_dir", "/tmp/x"])
+    assert args.lora_r == 8 and args.lora_alpha == 16 and args.lora_dropout == 0.1
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -192,14 +192,14 @@ def test_shipped_config_parses():
 ])
 def test_bad_arguments_are_explained(extra, message, base_model, dataset, tmp_path):
     with pytest.raises(VeloraError, match=message):
-        main(train_args(base_model, dataset, tmp_path / "o", "--max_steps", "2", *extra))
+        run_train(train_argv(base_model, dataset, tmp_path / "o", "--max_steps", "2", *extra))
 
 
 def test_data_errors(base_model, dataset, tmp_path):
     not_converted = tmp_path / "raw_folder"
     not_converted.mkdir()
     with pytest.raises(VeloraError, match="not a dataset made by `velora convert`"):
-        main(train_args(base_model, not_converted, tmp_path / "o1", "--max_steps", "2"))
+        run_train(train_argv(base_model, not_converted, tmp_path / "o1", "--max_steps", "2"))
 
     from datasets import ClassLabel, load_from_disk
 
@@ -207,22 +207,22 @@ def test_data_errors(base_model, dataset, tmp_path):
     relabelled = relabelled.cast_column("label", ClassLabel(names=["yes", "no", "unsure"]))
     relabelled.save_to_disk(str(tmp_path / "relabelled"))
     with pytest.raises(VeloraError, match="label set .* does not match"):
-        main(train_args(base_model, tmp_path / "relabelled", tmp_path / "o2", "--max_steps", "2"))
+        run_train(train_argv(base_model, tmp_path / "relabelled", tmp_path / "o2", "--max_steps", "2"))
 
 
 def test_output_dir_holding_another_run_is_refused(trained, base_model, dataset, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(trained, other)
     with pytest.raises(VeloraError, match="already holds a training run"):
-        main(train_args(base_model, dataset, other, "--max_steps", "2"))
-    main(train_args(base_model, dataset, other, "--max_steps", "2", "--overwrite_output_dir"))
+        run_train(train_argv(base_model, dataset, other, "--max_steps", "2"))
+    run_train(train_argv(base_model, dataset, other, "--max_steps", "2", "--overwrite_output_dir"))
     assert json.loads((other / "metrics.json").read_text())["train_steps"] == 2
 
 
 def test_train_file_is_converted_on_the_fly(base_model, tmp_path):
     csv_path = colour_csv(tmp_path / "data", n_images=6)
     output = tmp_path / "out"
-    main(["--model_name_or_path", str(base_model), "--train_file", str(csv_path), "--output_dir", str(output),
+    run_train(["--model_name_or_path", str(base_model), "--train_file", str(csv_path), "--output_dir", str(output),
           "--max_steps", "2", "--report_to", "none", "--save_steps", "2"])
     assert (output / "dataset" / "dataset_dict.json").exists()
     assert (output / "adapter_model.safetensors").exists()
@@ -233,11 +233,11 @@ def test_ddp_two_processes_match_one(base_model, dataset, tmp_path):
     common = ["--max_steps", "6", "--save_steps", "6", "--per_device_eval_batch_size", "4",
               "--train_sampling_strategy", "sequential"]
     one = tmp_path / "one"
-    main(train_args(base_model, dataset, one, *common))
+    run_train(train_argv(base_model, dataset, one, *common))
     two = tmp_path / "two"
     torchrun = Path(sys.executable).parent / "torchrun"
     result = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "velora", "train",
-                             *train_args(base_model, dataset, two, *common), "--per_device_train_batch_size", "2"],
+                             *train_argv(base_model, dataset, two, *common), "--per_device_train_batch_size", "2"],
                             cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     expected, actual = _adapter(one), _adapter(two)
@@ -247,7 +247,7 @@ def test_ddp_two_processes_match_one(base_model, dataset, tmp_path):
 
 def test_bf16_autocast_on_cpu_tracks_fp32_and_saves_an_fp32_adapter(trained, base_model, dataset, tmp_path):
     output = tmp_path / "bf16"
-    main(train_args(base_model, dataset, output, "--max_steps", "40", "--save_steps", "10", "--bf16", "true"))
+    run_train(train_argv(base_model, dataset, output, "--max_steps", "40", "--save_steps", "10", "--bf16", "true"))
     weights = load_file(output / "adapter_model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.float32}
     def eval_losses(run: Path) -> list[float]:

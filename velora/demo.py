@@ -157,23 +157,19 @@ def build_small_base(work: Path, base_dir: Path, plan: Plan) -> dict:
     from velora.bundle import save_model_dir
     from velora.ofa.checkpoint import randomize_
     from velora.ofa.processor import OFAProcessor
-    from velora.train import main as train_main
+    from velora.train import train
 
     torch.manual_seed(plan.seed)
     random_dir = save_model_dir(randomize_(OFAModel(OFAConfig(**SMALL_OFA)), seed=plan.seed).eval(),
                                 OFAProcessor.default(image_size=plan.image_size), work / "random_ofa")
     _say(f"  Random-weight small OFA: {random_dir}")
     task_a = make_task(work / "task_a", "A", plan.pretrain_images, plan.seed + 2, val_ratio=0.1)
-    every = max(plan.pretrain_steps // 2, 1)
-    args = ["--model_name_or_path", str(random_dir), "--dataset_name", str(task_a),
-            "--output_dir", str(work / "task_a_lora"), "--overwrite_output_dir",
-            "--max_steps", str(plan.pretrain_steps), "--per_device_train_batch_size", str(plan.lora_batch),
-            "--learning_rate", str(plan.lora_lr), "--lora_r", "32", "--lora_alpha", "32", "--lora_dropout", "0",
-            "--lora_target_modules", "q_proj,k_proj,v_proj,out_proj,fc1,fc2", "--save_steps", str(every),
-            "--save_total_limit", "1", "--logging_steps", str(max(plan.pretrain_steps // 4, 1)),
-            "--report_to", "none", "--seed", str(plan.seed)]
-    _say("  velora train " + " ".join(args))
-    metrics = train_main(args)
+    settings = lora_settings(random_dir, task_a, work / "task_a_lora", plan, given=False) | {
+        "max_steps": plan.pretrain_steps, "lora_r": 32, "lora_alpha": 32, "lora_dropout": 0,
+        "lora_target_modules": "q_proj,k_proj,v_proj,out_proj,fc1,fc2", "save_steps": max(plan.pretrain_steps // 2, 1),
+        "logging_steps": max(plan.pretrain_steps // 4, 1)}
+    _say("  velora train " + as_flags(settings))
+    metrics = train(settings).metrics
     merged = merge_lora(work / "task_a_lora", base_dir, overwrite=True)
     _say(f"  velora merge -> {merged.output_dir}")
     final = metrics["final"]
@@ -202,16 +198,20 @@ def small_base(output: Path, plan: Plan) -> Path:
 # 3-5. Train, evaluate, predict
 
 
-def lora_args(base: Path, dataset: Path, output: Path, plan: Plan, given: bool) -> list[str]:
-    """The `velora train` command line of the LoRA stage: the guide's defaults, sized by `plan`."""
+def lora_settings(base: Path, dataset: Path, output: Path, plan: Plan, given: bool) -> dict:
+    """The `velora train` settings of the LoRA stage: the guide's defaults, sized by `plan`."""
     every = max(plan.lora_steps // 4, 1)
-    args = ["--model_name_or_path", str(base), "--dataset_name", str(dataset), "--output_dir", str(output),
-            "--overwrite_output_dir", "--max_steps", str(plan.lora_steps),
-            "--per_device_train_batch_size", str(plan.lora_batch), "--learning_rate", str(plan.lora_lr),
-            "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.05", "--save_steps", str(every),
-            "--save_total_limit", "1", "--logging_steps", str(max(plan.lora_steps // 20, 1)), "--report_to", "none",
-            "--seed", str(plan.seed)]
-    return args + (["--image_size", str(plan.image_size)] if given else [])
+    settings = {"model_name_or_path": str(base), "dataset_name": str(dataset), "output_dir": str(output),
+                "overwrite_output_dir": True, "max_steps": plan.lora_steps,
+                "per_device_train_batch_size": plan.lora_batch, "learning_rate": plan.lora_lr,
+                "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "save_steps": every, "save_total_limit": 1,
+                "logging_steps": max(plan.lora_steps // 20, 1), "report_to": "none", "seed": plan.seed}
+    return settings | ({"image_size": plan.image_size} if given else {})
+
+
+def as_flags(settings: dict) -> str:
+    """The command line that runs `settings` (what the demo shows)."""
+    return " ".join(f"--{name}" if value is True else f"--{name} {value}" for name, value in settings.items())
 
 
 def pick_example(test_csv: Path) -> dict:
@@ -271,12 +271,12 @@ def run_demo(output_dir: str | Path = "demo_output", quick: bool = False, model_
     _say(f"  {base_dir}")
 
     _stage(3, f"velora train: LoRA on task B ({_task_words('B')})")
-    from velora.train import main as train_main
+    from velora.train import train
 
     adapter_dir = output / "lora_finetuned"
-    args = lora_args(base_dir, train_set, adapter_dir, plan, given_dir is not None)
-    _say("  velora train " + " ".join(args))
-    train_main(args)
+    settings = lora_settings(base_dir, train_set, adapter_dir, plan, given_dir is not None)
+    _say("  velora train " + as_flags(settings))
+    train(settings)
 
     _stage(4, "velora eval --compare_base on the held-out test set")
     from velora.data import load_examples
