@@ -49,13 +49,13 @@ def check_output(output_dir: Path, inputs: list[tuple[str, Path | None]], *, ove
     previous run unless --overwrite_output_dir or this run continues it (`continuing`)."""
     check_output_dir(output_dir, "--output_dir", overwrite=True, owned=lambda _: True, inputs=inputs)
     entries = velora_entries(output_dir)
-    if not entries or continuing:
+    if not entries:
         return
     if read_run_file(output_dir) is None:
         names = ", ".join(p.name for p in entries[:4]) + (" ..." if len(entries) > 4 else "")
         raise VeloraError(f"--output_dir {output_dir}: holds {names}, which velora did not write (no {RUN_FILE}); "
                           "velora does not overwrite them: choose a new or empty folder")
-    if not overwrite:
+    if not overwrite and not continuing:
         raise VeloraError(f"--output_dir {output_dir} already holds a training run; pass --overwrite_output_dir to "
                           f"replace it (only the files velora wrote there are removed), or {RESUME_HINT}")
 

@@ -147,6 +147,8 @@ class LoRARecipe:
         if c.train_file:
             path = self.output_dir / CONVERTED_DATASET
             if not path.exists() and self.first:
+                self.output_dir.mkdir(parents=True, exist_ok=True)  # the run file first: the dataset is velora's
+                write_run_file(self.output_dir, self.identity, c, converted=True)
                 print(f"Converting {c.train_file} -> {path}")
                 print(convert(c.train_file, path, image_root=c.image_root, val_ratio=c.val_ratio, seed=c.seed,
                               progress=True).summary())
