@@ -28,7 +28,7 @@ def recording_predict(calls: list, started: threading.Event | None = None, gate:
 
 
 def job(hypothesis: str, adapter: str = "a") -> Job:
-    return Job(Image.new("RGB", (4, 4)), None, hypothesis, adapter)
+    return Job(Image.new("RGB", (4, 4)), None, hypothesis, adapter, prompt=[0, 2])
 
 
 def test_batcher_fills_batches_while_busy_and_splits_by_adapter():

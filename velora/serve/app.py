@@ -58,8 +58,8 @@ def attach_adapters(predictor: Predictor, adapters: dict[str, str]) -> Predictor
 
 
 def score_jobs(predictor: Predictor, batch_size: int, jobs: Sequence[Job], adapter: str) -> list[Prediction]:
-    return predictor.predict_batch([j.image for j in jobs], [j.premise for j in jobs],
-                                   [j.hypothesis for j in jobs], adapter=adapter, batch_size=batch_size)
+    probs = predictor.score([j.image for j in jobs], [j.prompt for j in jobs], adapter=adapter, batch_size=batch_size)
+    return [Prediction.from_probs(row) for row in probs.tolist()]
 
 
 def build_service(settings: ServeSettings, predictor: Predictor, metrics: Metrics) -> Service:
@@ -74,10 +74,13 @@ def build_service(settings: ServeSettings, predictor: Predictor, metrics: Metric
 
 async def warm_up(service: Service) -> None:
     """One example per adapter through the real path (worker thread included), so the first request is not slow."""
-    size = service.image_size
-    image = Image.new("RGB", (size, size), (128, 128, 128))
+    premise, hypothesis = "a photo", "there is an object."
     for adapter in service.adapters:
-        await service.batcher.score(Job(image, "a photo", "there is an object.", adapter))
+        processor = service.predictor.processor_for(adapter)
+        size = processor.config.image_size
+        image = Image.new("RGB", (size, size), (128, 128, 128))
+        prompt = processor.encode_text(hypothesis, premise)
+        await service.batcher.score(Job(image, premise, hypothesis, adapter, prompt))
 
 
 @asynccontextmanager

@@ -45,10 +45,11 @@ class Arrival:
 
 @dataclass
 class Job:
-    image: Image.Image  # decoded and validated before it is queued
+    image: Image.Image  # decoded, validated and resized by the adapter's processor before it is queued
     premise: str | None
     hypothesis: str
     adapter: str
+    prompt: list[int]  # the adapter's processor's token ids, checked against its limits when the request was read
 
 
 @dataclass

@@ -9,6 +9,7 @@ import anyio
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from velora.ofa.processor import OFAProcessor
 from velora.predictor import BASE, Predictor
 from velora.serve.batching import MicroBatcher
 from velora.serve.metrics import Metrics
@@ -33,9 +34,10 @@ class Service:
         names = [BASE, *self.predictor.adapter_names]
         return [self.default_adapter] + [n for n in names if n != self.default_adapter]
 
-    @property
-    def image_size(self) -> int:
-        return self.predictor.processor.config.image_size
+    def processor(self, adapter: str) -> OFAProcessor:
+        """The preprocessing of the adapter that scores a request (each adapter keeps the one it was trained
+        with)."""
+        return self.predictor.processor_for(adapter)
 
 
 def get_settings(request: Request) -> ServeSettings:

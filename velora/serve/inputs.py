@@ -12,7 +12,6 @@ import base64
 import binascii
 import io
 import re
-import unicodedata
 from collections import Counter
 from typing import Any, Iterable, Sequence
 
@@ -25,6 +24,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from velora.images import ImageError, load_image
+from velora.ofa.processor import OFAProcessor, TextError, is_blank
 
 MULTIPART, JSON = "multipart/form-data", "application/json"
 DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
@@ -217,23 +217,27 @@ def decode_base64(text: str, field: str) -> bytes:
         raise InputError(field, f"not valid base64 ({e})") from None
 
 
-def visible(text: str) -> bool:
-    """Whether `text` has a character that is not whitespace or a control/format character (NUL, zero-width...)."""
-    return any(not ch.isspace() and not unicodedata.category(ch).startswith("C") for ch in text)
-
-
 def check_texts(fields: CheckFields, max_chars: int, prefix: str = "") -> tuple[str | None, str]:
     """(premise or None, hypothesis), or InputError naming the field."""
     hypothesis = fields.hypothesis.strip()
-    if not visible(hypothesis):
+    if is_blank(hypothesis):
         raise InputError(prefix + "hypothesis", "is empty (only spaces or control characters): give the statement "
                                                 "to check against the image")
     premise = (fields.premise or "").strip()
-    premise = premise if visible(premise) else None
+    premise = None if is_blank(premise) else premise
     for name, value in (("premise", premise), ("hypothesis", hypothesis)):
         if value is not None and len(value) > max_chars:
             raise InputError(prefix + name, f"{len(value):,} characters, over the limit of {max_chars:,}")
     return premise, hypothesis
+
+
+def encode_prompt(processor: OFAProcessor, premise: str | None, hypothesis: str, prefix: str = "") -> list[int]:
+    """The prompt's token ids under `processor`, checked against its limits now, while the request is read (so an
+    over-long text is this request's 400, never a failed batch)."""
+    try:
+        return processor.encode_text(hypothesis, premise)
+    except TextError as e:
+        raise InputError(prefix + e.field, str(e)) from None
 
 
 def pick_adapter(name: str | None, loaded: list[str], default: str, field: str = "adapter") -> str:
@@ -244,14 +248,13 @@ def pick_adapter(name: str | None, loaded: list[str], default: str, field: str =
     return name.strip()
 
 
-def decode_image(data: bytes, filename: str | None, size: int) -> Image.Image:
-    """Decode and validate an uploaded image (raises ImageError), resized to the model's input size here, in the
-    request's thread, so the model's worker only runs the model. The Predictor's own resize is then a no-op, and
-    the result is identical to scoring the original file."""
+def decode_image(data: bytes, filename: str | None, processor: OFAProcessor) -> Image.Image:
+    """Decode and validate an uploaded image (raises ImageError), resized by the scoring adapter's processor here,
+    in the request's thread, so the model's worker only runs the model. The Predictor's own resize is then a no-op,
+    and the result is identical to scoring the original file."""
     name = filename or "uploaded image"
     if not data:
         raise ImageError(f"{name}: file is empty (0 bytes)")
     source = io.BytesIO(data)
     source.name = name
-    image = load_image(source)
-    return image.resize((size, size), resample=Image.BICUBIC)
+    return processor.resize(load_image(source))

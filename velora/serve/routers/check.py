@@ -17,10 +17,11 @@ from pydantic import BaseModel, Field
 
 from velora.errors import VeloraError
 from velora.images import ImageError
+from velora.ofa.processor import OFAProcessor
 from velora.serve.batching import BatcherClosed, Job, QueueFull, Scored
 from velora.serve.dependencies import Service, get_service, require_api_key
 from velora.serve.inputs import (BATCH_OPENAPI, CHECK_OPENAPI, BatchJSON, InputError, check_texts, decode_base64,
-                                 decode_image, parse_check, parse_json, pick_adapter)
+                                 decode_image, encode_prompt, parse_check, parse_json, pick_adapter)
 from velora.serve.memory import release_memory
 
 router = APIRouter(tags=["check"], dependencies=[Depends(require_api_key)])
@@ -78,17 +79,19 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
 
 
-def _decode_and_release(limiter: anyio.CapacityLimiter, data: bytes, filename: str | None, size: int) -> Image.Image:
+def _decode_and_release(limiter: anyio.CapacityLimiter, data: bytes, filename: str | None,
+                        processor: OFAProcessor) -> Image.Image:
     try:
-        return decode_image(data, filename, size)
+        return decode_image(data, filename, processor)
     finally:
         if limiter.borrowed_tokens <= 1:  # the last decode running: give what decodes freed back to the OS
             release_memory()
 
 
-async def _decode(service: Service, data: bytes, filename: str | None) -> Image.Image:
+async def _decode(service: Service, data: bytes, filename: str | None, adapter: str) -> Image.Image:
+    """The image decoded and resized for `adapter`'s processor, in the bounded decode pool."""
     limiter = service.decode_limiter
-    return await anyio.to_thread.run_sync(_decode_and_release, limiter, data, filename, service.image_size,
+    return await anyio.to_thread.run_sync(_decode_and_release, limiter, data, filename, service.processor(adapter),
                                           limiter=limiter)
 
 
@@ -120,11 +123,12 @@ async def check(request: Request, service: Service = Depends(get_service)) -> Ch
         fields, data, filename = await parse_check(request, max_part_bytes=settings.max_body_bytes)
         premise, hypothesis = check_texts(fields, settings.max_text_chars)
         adapter = pick_adapter(fields.adapter, service.adapters, service.default_adapter)
+        prompt = encode_prompt(service.processor(adapter), premise, hypothesis)
         try:
-            image = await _decode(service, data, filename)
+            image = await _decode(service, data, filename, adapter)
         except ImageError as e:
             raise InputError("image", str(e)) from None
-    (future,) = _submit(service, [Job(image, premise, hypothesis, adapter)])  # outside: the worker must not wait
+    (future,) = _submit(service, [Job(image, premise, hypothesis, adapter, prompt)])  # outside: no waiting on it
     try:
         scored = await asyncio.wrap_future(future)
     except VeloraError as e:
@@ -138,32 +142,38 @@ async def check(request: Request, service: Service = Depends(get_service)) -> Ch
 
 async def _batch_jobs(service: Service, items: list, results: list) -> list[tuple[int, Job]]:
     """Check and decode every item: a bad one gets its error in `results`, good ones become (index, Job).
-    Identical image strings are decoded once, into one image object, so the Predictor shares its features."""
+    Identical image strings are decoded once per image size, into one image object, so the Predictor shares its
+    features."""
     limit = service.settings.max_text_chars
-    checked: list[tuple[int, str | None, str, str, str]] = []  # index, premise, hypothesis, adapter, image text
+    checked: list[tuple[int, str | None, str, str, list[int], tuple]] = []  # ..., adapter, prompt, image key
     raw: dict[str, bytes] = {}
+    to_decode: dict[tuple, str] = {}  # (image text, image size) -> an adapter needing that size
     for i, item in enumerate(items):
         prefix = f"items[{i}]."
         try:
             premise, hypothesis = check_texts(item, limit, prefix)
             adapter = pick_adapter(item.adapter, service.adapters, service.default_adapter, prefix + "adapter")
+            prompt = encode_prompt(service.processor(adapter), premise, hypothesis, prefix)
             if item.image not in raw:
                 raw[item.image] = decode_base64(item.image, prefix + "image")
         except InputError as e:
             results[i] = ItemResult(index=i, error=e.detail, field=e.field)
             continue
-        checked.append((i, premise, hypothesis, adapter, item.image))
-    decoded = await asyncio.gather(*(_decode(service, data, None) for data in raw.values()), return_exceptions=True)
-    images = dict(zip(raw, decoded))
+        key = (item.image, service.processor(adapter).config.image_size)
+        to_decode.setdefault(key, adapter)
+        checked.append((i, premise, hypothesis, adapter, prompt, key))
+    decoded = await asyncio.gather(*(_decode(service, raw[text], None, adapter)
+                                     for (text, _), adapter in to_decode.items()), return_exceptions=True)
+    images = dict(zip(to_decode, decoded))
     jobs = []
-    for i, premise, hypothesis, adapter, text in checked:
-        image = images[text]
+    for i, premise, hypothesis, adapter, prompt, key in checked:
+        image = images[key]
         if isinstance(image, ImageError):
             results[i] = ItemResult(index=i, error=f"items[{i}].image: {image}", field=f"items[{i}].image")
         elif isinstance(image, BaseException):
             raise image
         else:
-            jobs.append((i, Job(image, premise, hypothesis, adapter)))
+            jobs.append((i, Job(image, premise, hypothesis, adapter, prompt)))
     return jobs
 
 
