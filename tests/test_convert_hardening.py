@@ -70,10 +70,12 @@ def test_paths_outside_the_folder_are_refused_alike_whether_they_exist_or_not(pr
 
 def test_image_root_is_the_boundary(project):
     root, rows = project
-    rows = [["data/" + r[0], *r[1:]] for r in rows] + [["outside/up.jpg", PREMISE, "Shoes", "yes"],
-                                                        ["../up.jpg", PREMISE, "Shoes", "yes"]]
+    rows = [["data/" + r[0], *r[1:]] for r in rows] + [["outside/up.jpg", PREMISE, "Shoes", "yes"]] + [
+        [p, PREMISE, "Shoes", "yes"] for p in ("../up.jpg", "/etc/passwd", "/etc/velora-no-such-file")]
     report = validate(F.write_csv(root / "data" / "d.csv", rows), image_root=root)
-    assert report.kept == 7 and set(reasons(report, "path_outside_root")) == {9}
+    refused = reasons(report, "path_outside_root")
+    assert report.kept == 7 and set(refused) == {9, 10, 11}
+    assert refused[10] == refused[11].replace("velora-no-such-file", "passwd")
 
 
 def test_guide_layout_from_the_folder_above_is_quiet_and_missing_files_are_named_plainly(tmp_path, monkeypatch):

@@ -135,11 +135,13 @@ def _pick_split(loaded, path: Path, split: str) -> tuple[Any, str]:
     return loaded[split], f"{path} [{split}]"
 
 
-def load_examples(path: str | os.PathLike, split: str = "validation") -> ExampleSet:
+def load_examples(path: str | os.PathLike, split: str = "validation", **check_options) -> ExampleSet:
     """Labelled examples from a `velora convert` dataset directory or a CSV/JSONL file.
 
     `split` picks the split of a DatasetDict ("validation", "train", or "all" for every split with a `split`
-    column); it is ignored for a single Dataset and for a CSV/JSONL (all its usable rows).
+    column); it is ignored for a single Dataset and for a CSV/JSONL (all its usable rows), which is checked as
+    `velora convert` would with `check_options` (image_root, allow_outside_paths, limits: see
+    velora.convert.check_input).
     """
     from datasets import Image as ImageFeature  # deferred: datasets takes ~1 s to import
 
@@ -150,7 +152,7 @@ def load_examples(path: str | os.PathLike, split: str = "validation") -> Example
     if path.is_dir():
         dataset, source = _pick_split(open_dataset(path), path, split)
     else:
-        dataset, report = load_records_with_report(path)
+        dataset, report = load_records_with_report(path, **check_options)
         source, dropped = str(path), list(report.dropped)
     if len(dataset) == 0:
         raise VeloraError(f"{source}: no examples")

@@ -54,15 +54,27 @@ def _image_ok(issues: list[RowIssue]) -> bool:
     return not any(i.field == "image_path" for i in issues)
 
 
-def _apply_image_check(record: Record, check: ImageCheck, issues: list[RowIssue], flagged: list[RowIssue]) -> None:
-    if check.error:
-        issues.append(RowIssue(record.line, "image_path", check.code or "bad_image", check.error,
-                               value=record.image_path))
-        return
-    record.image_file = Path(check.file)
-    record.image_key, record.image_format = check.sha256 or "", check.format
-    flagged.extend(RowIssue(record.line, "image_path", code, reason, value=record.image_path)
-                   for code, reason in check.flags)
+def _apply_image_checks(parsed: list[tuple[Record, list[RowIssue]]], checks: dict[str, ImageCheck],
+                        dropped: list[RowIssue]) -> tuple[list[Record], list[RowIssue]]:
+    """Each record gets its image's file, hash and format, or an issue; returns (the usable records, the flags)
+    and adds the issues of unusable rows to `dropped`."""
+    good: list[Record] = []
+    flagged: list[RowIssue] = []
+    for record, issues in parsed:
+        check = checks.get(record.image_path) if _image_ok(issues) else None
+        if check is not None and check.error:
+            issues.append(RowIssue(record.line, "image_path", check.code or "bad_image", check.error,
+                                   value=record.image_path))
+        elif check is not None:
+            record.image_file = Path(check.file)
+            record.image_key, record.image_format = check.sha256 or "", check.format
+            flagged.extend(RowIssue(record.line, "image_path", code, reason, value=record.image_path)
+                           for code, reason in check.flags)
+        if issues:
+            dropped.extend(issues)
+        else:
+            good.append(record)
+    return good, flagged
 
 
 def check_input(
@@ -86,27 +98,12 @@ def check_input(
     table = read_input(input_path)
     root, cwd = _image_bases(table, image_root)
 
-    dropped: list[RowIssue] = []
-    flagged: list[RowIssue] = []
-    parsed: list[tuple[Record, list[RowIssue]]] = []
-    for raw in table.rows:
-        if isinstance(raw, RowIssue):
-            dropped.append(raw)
-        else:
-            parsed.append(parse_row(raw))
-
+    parsed = [parse_row(raw) for raw in table.rows if not isinstance(raw, RowIssue)]
+    dropped = [raw for raw in table.rows if isinstance(raw, RowIssue)]
     wanted = [r.image_path for r, issues in parsed if r.image_path and _image_ok(issues)]
     checks = check_images(wanted, root=root, cwd=cwd, snli=table.format == "snli-ve", limits=limits,
                           allow_outside=allow_outside_paths, num_proc=num_proc, progress=progress)
-
-    good: list[Record] = []
-    for record, issues in parsed:
-        if _image_ok(issues) and record.image_path in checks:
-            _apply_image_check(record, checks[record.image_path], issues, flagged)
-        if issues:
-            dropped.extend(issues)
-        else:
-            good.append(record)
+    good, flagged = _apply_image_checks(parsed, checks, dropped)
 
     keep, duplicates = find_duplicates(good)
     records = [good[i] for i in keep]

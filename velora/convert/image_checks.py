@@ -80,20 +80,21 @@ def resolve_image_path(
     Returns (the file or None, flags as (code, reason), the error: not found, or outside the root)."""
     raw = Path(os.path.expanduser(image_path))
     real_root = os.path.realpath(root)
-    starts = [None] if raw.is_absolute() else [root] + ([cwd] if cwd is not None else [])
+    # (where a relative path starts: None for an absolute one; whether that is the working directory)
+    starts = [(None, False)] if raw.is_absolute() else [(root, False)] + ([(cwd, True)] if cwd is not None else [])
     refused = False
-    for start in starts:
+    for start, from_cwd in starts:
         for candidate in _variants(raw, snli):
             full = candidate if start is None else start / candidate
             outside = not _inside(os.path.realpath(full), real_root)
             if outside and not allow_outside:
-                refused |= start is not cwd  # the path as written leads out; from the cwd it is just not there
+                refused |= not from_cwd  # the path as written leads out; from the cwd it is just not there
                 continue
             if not os.path.lexists(full):
                 continue
             full = Path(os.path.abspath(full))
             flags = []
-            if outside and start is cwd:
+            if outside and from_cwd:
                 flags.append(("found_in_working_directory",
                               f"{image_path!r} is not in {root}; using {full} (relative to the working directory)"))
             elif outside and start is not None:
