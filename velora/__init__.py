@@ -4,20 +4,54 @@ The Python API, one function or class per stage (each is also a `velora` subcomm
 
     from velora import convert, train, evaluate, mine, merge, Predictor, OFAProcessor, pipeline
 
-Names such as `velora.convert` are the stage functions; their modules stay importable as usual
-(`from velora.convert import validate`).
+These names are imported on first use: torch and transformers take seconds to import, and neither `velora --help`
+nor a script that only converts data should wait for them. `velora.convert`, `velora.train`... are the stage
+functions even though modules of the same names exist; import from the modules by their full names
+(`from velora.convert import validate`, `from velora.train import TrainConfig`).
 """
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
-from velora.convert import convert  # noqa: E402  (each import below rebinds a stage's name to its function)
-from velora.evaluate import evaluate  # noqa: E402
-from velora.merge import merge_lora as merge  # noqa: E402
-from velora.mine import mine  # noqa: E402
-from velora.ofa.processor import OFAProcessor  # noqa: E402
-from velora.pipeline import pipeline  # noqa: E402
-from velora.predictor import Prediction, Predictor  # noqa: E402
-from velora.train import TrainConfig, train  # noqa: E402
+API: dict[str, tuple[str, str]] = {  # public name: (module, attribute)
+    "convert": ("velora.convert", "convert"),
+    "train": ("velora.train", "train"),
+    "TrainConfig": ("velora.train", "TrainConfig"),
+    "evaluate": ("velora.evaluate", "evaluate"),
+    "mine": ("velora.mine", "mine"),
+    "merge": ("velora.merge", "merge_lora"),
+    "Predictor": ("velora.predictor", "Predictor"),
+    "Prediction": ("velora.predictor", "Prediction"),
+    "OFAProcessor": ("velora.ofa.processor", "OFAProcessor"),
+    "pipeline": ("velora.pipeline", "pipeline"),
+}
+__all__ = sorted(API)
 
-__all__ = ["OFAProcessor", "Prediction", "Predictor", "TrainConfig", "convert", "evaluate", "merge", "mine",
-           "pipeline", "train"]
+
+class _Package(types.ModuleType):
+    """velora's module object: resolves API names lazily, and keeps them bound to the API objects when the import
+    system would bind a submodule of the same name (importing `velora.train.config` sets `velora.train`)."""
+
+    def __getattr__(self, name: str):
+        if name not in API:
+            raise AttributeError(f"module 'velora' has no attribute {name!r}")
+        module, attribute = API[name]
+        value = getattr(importlib.import_module(module), attribute)
+        self.__dict__[name] = value
+        return value
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *API})
+
+
+sys.modules[__name__].__class__ = _Package

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay
 
 from velora.data import ExampleSet, load_examples, score_examples
 from velora.errors import VeloraError
@@ -114,11 +116,6 @@ def check_output_paths(report: str | None, json_path: str | None, plot: str | No
         if path:
             check_output_file(path, flag, overwrite=overwrite)
     if plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib.figure import Figure
-
         formats = Figure().canvas.get_supported_filetypes()
         if Path(plot).suffix.lstrip(".").lower() not in formats:
             raise VeloraError(f"--plot {plot}: unknown image type; end the name with .png, .svg or .pdf")
@@ -151,16 +148,11 @@ def evaluate(predictor: Predictor, test_file: str | os.PathLike | ExampleSet, *,
 
 def plot_confusion(result: EvalResult, path: str | os.PathLike) -> Path:
     """PNG (or any matplotlib format, by suffix) of the confusion matrix, base and tuned side by side if compared."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
     panels = [("tuned", result.metrics)] if result.base_metrics is not None else [("model", result.metrics)]
     if result.base_metrics is not None:
         panels.insert(0, ("base", result.base_metrics))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
+    fig = Figure(figsize=(5.2 * len(panels), 4.6))  # no pyplot: no global figure state, no GUI backend
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, m) in zip(axes[0], panels):
         ConfusionMatrixDisplay(np.array(m.confusion_matrix), display_labels=list(LABELS)).plot(
             ax=ax, cmap="Blues", colorbar=False, values_format="d")
@@ -173,6 +165,4 @@ def plot_confusion(result: EvalResult, path: str | os.PathLike) -> Path:
         fig.savefig(image, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
     except ValueError as e:  # unknown suffix
         raise VeloraError(f"--plot {path}: {e}") from None
-    finally:
-        plt.close(fig)
     return write_atomic(path, image.getvalue())

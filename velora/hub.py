@@ -29,13 +29,13 @@ def _offline() -> bool:
 
 
 def _from_modelscope(model_id: str, local_only: bool) -> Path:
-    from modelscope.hub.snapshot_download import snapshot_download
+    from modelscope.hub.snapshot_download import snapshot_download  # deferred: modelscope takes seconds to import
 
     return Path(snapshot_download(model_id, local_files_only=local_only))
 
 
 def _from_huggingface(model_id: str, local_only: bool) -> Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # deferred: only for hub ids
 
     return Path(snapshot_download(model_id, local_files_only=local_only))
 

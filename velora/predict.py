@@ -42,8 +42,6 @@ class PredictResult:
 def predict(predictor: Predictor, image: ImageSource, premise: str | None, hypothesis: str,
             compare_base: bool = False, name: str | None = None) -> PredictResult:
     """Score one example; with `compare_base`, also with the adapter switched off."""
-    if not hypothesis or not hypothesis.strip():
-        raise VeloraError("--hypothesis is empty: give the statement to check against the image")
     if compare_base and not predictor.adapter_names:
         raise VeloraError("--compare_base needs a LoRA adapter as --model_path; this is a plain model")
     pixels = load_image(image)  # fail on a bad image before any scoring

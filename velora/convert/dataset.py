@@ -26,7 +26,7 @@ KEEP_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
 def features():
     """The columns of every velora dataset (convert output, load_records)."""
     # deferred: datasets takes ~1 s to import
-    from datasets import ClassLabel, Features, Image as ImageFeature, Value
+    from datasets import ClassLabel, Features, Image as ImageFeature, Value  # deferred: datasets takes ~1 s; validate never needs it
 
     return Features(
         {
@@ -44,7 +44,7 @@ def features():
 def quiet_datasets():
     """datasets' own progress bars would duplicate ours."""
     import datasets  # deferred: datasets takes ~1 s to import
-    from datasets.utils import logging as ds_logging
+    from datasets.utils import logging as ds_logging  # deferred: as above
 
     was_disabled = datasets.are_progress_bars_disabled()
     verbosity = ds_logging.get_verbosity()
@@ -110,7 +110,7 @@ def build_dataset(
     Written with pyarrow, not through datasets' per-example encoding: faster, and `Image.encode_example` would
     swap the checked bytes for the path whenever the path names an existing file."""
     import pyarrow as pa  # deferred with datasets (~1 s to import)
-    from datasets import Dataset
+    from datasets import Dataset  # deferred: as above
 
     schema = features().arrow_schema
     Path(work_dir).mkdir(parents=True, exist_ok=True)

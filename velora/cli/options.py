@@ -1,0 +1,97 @@
+"""Options several commands share, declared once: the model a command loads, and the input file and image checks of
+convert/validate. Flags are written once with underscores; the dashed spelling works through the group's
+token_normalize_func."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import click
+
+from velora.bundle import ModelBundle
+from velora.hub import DEFAULT_MODEL_ID
+from velora.images import ImageLimits
+from velora.predictor import Predictor
+
+
+def model_options(f: Callable) -> Callable:
+    """--model_path / --base_model / --device / --dtype / --image_size, for every command that loads a model; the
+    command receives them as one `model` dict of ModelBundle/Predictor keyword arguments."""
+    options = [
+        click.option("--model_path", "--model_name_or_path", "model_path", envvar="VELORA_MODEL",
+                     default=DEFAULT_MODEL_ID, show_default=True,
+                     help="Model directory, LoRA adapter directory, or hub id [env VELORA_MODEL]."),
+        click.option("--base_model", default=None,
+                     help="Base model for an adapter (default: the one named in its adapter_config.json)."),
+        click.option("--device", default="auto", show_default=True, help="auto (cuda if present), cpu, cuda, cuda:1..."),
+        click.option("--dtype", default="auto", show_default=True,
+                     help="auto (fp32 on CPU, bf16/fp16 on GPU), float32, bfloat16, float16."),
+        click.option("--image_size", type=int, default=None,
+                     help="Override the model's image size (default: its configuration.json, else 480)."),
+    ]
+
+    @functools.wraps(f)
+    def command(*args, model_path, base_model, device, dtype, image_size, **kwargs):
+        model = dict(model_path=model_path, base_model=base_model, device=device, dtype=dtype, image_size=image_size)
+        return f(*args, model=model, **kwargs)
+
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def resolve_bundle(model: dict) -> ModelBundle:
+    """The model's folders, config and processor, without loading weights (fast: check inputs with it first)."""
+    return ModelBundle.resolve(model["model_path"], base_model=model["base_model"], image_size=model["image_size"])
+
+
+def load_predictor(model: dict, bundle: ModelBundle | None = None, quantize: str | None = None) -> Predictor:
+    """The one way commands load a model: say so on stderr (it can take a while), then Predictor.from_bundle."""
+    bundle = bundle or resolve_bundle(model)
+    click.echo(f"Loading {model['model_path']} ...", err=True)
+    return Predictor.from_bundle(bundle, device=model["device"], dtype=model["dtype"], quantize=quantize)
+
+
+def input_options(f: Callable) -> Callable:
+    """INPUT (positional) or --csv_path/--input, and how rows' images are found and checked: shared by convert and
+    validate, which receive the input path and the checks as one `checks` dict of keyword arguments for
+    velora.convert."""
+    options = [
+        click.argument("input_arg", metavar="[INPUT]", required=False, type=click.Path(dir_okay=False)),
+        click.option("--csv_path", "--input", "input_path", type=click.Path(dir_okay=False),
+                     help="The CSV (image_path,premise,hypothesis,label) or JSONL file; same as INPUT."),
+        click.option("--image_root", type=click.Path(file_okay=False), default=None,
+                     help="Folder relative image paths start from, and that images may not leave (default: the "
+                          "input file's folder; the guide's ./data/x.jpg from the folder above also works)."),
+        click.option("--allow_outside_paths", is_flag=True,
+                     help="Read images outside --image_root too (absolute, ../ and ~ paths, symlinks leading out)."),
+        click.option("--num_proc", type=click.IntRange(1), default=1, show_default=True,
+                     help="Processes that decode images in parallel."),
+        click.option("--max_pixels", type=click.IntRange(1), default=None,
+                     help="Refuse images declaring more pixels (decompression bombs) [default: 40,000,000]."),
+        click.option("--max_side", type=click.IntRange(1), default=None,
+                     help="Refuse images with a longer side, in pixels [default: 16,384]."),
+        click.option("--max_image_mb", type=click.FloatRange(0, min_open=True), default=None,
+                     help="Refuse image files larger than this [default: 10, the server's upload limit]."),
+    ]
+
+    @functools.wraps(f)
+    def command(*args, input_arg, input_path, image_root, allow_outside_paths, num_proc, max_pixels, max_side,
+                max_image_mb, **kwargs):
+        limits = ImageLimits.from_options(max_pixels=max_pixels, max_side=max_side, max_image_mb=max_image_mb)
+        checks = dict(image_root=image_root, allow_outside_paths=allow_outside_paths, num_proc=num_proc,
+                      limits=limits, progress=True)
+        return f(*args, source=pick_input(input_arg, input_path), checks=checks, **kwargs)
+
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def pick_input(input_arg: str | None, input_path: str | None) -> str:
+    if input_arg and input_path and input_arg != input_path:
+        raise click.UsageError(f"two inputs given ({input_arg} and --csv_path {input_path}); give one")
+    if not (input_arg or input_path):
+        raise click.UsageError("give the input file: --csv_path data/my_ve_data.csv (or INPUT)")
+    return input_arg or input_path
