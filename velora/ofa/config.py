@@ -26,18 +26,11 @@ RESNET_LAYERS: dict[str, tuple[int, int, int]] = {
 # Sizes a config may ask for: generous bounds around the released models (OFA-huge: d_model 1280, 24 layers), so a
 # corrupt or hostile config.json fails at once instead of allocating for minutes.
 SIZE_LIMITS: dict[str, tuple[int, int]] = {
-    "vocab_size": (8, 1_000_000),
-    "d_model": (8, 8192),
-    "encoder_layers": (1, 96),
-    "decoder_layers": (1, 96),
-    "encoder_attention_heads": (1, 128),
-    "decoder_attention_heads": (1, 128),
-    "encoder_ffn_dim": (8, 65536),
-    "decoder_ffn_dim": (8, 65536),
-    "max_position_embeddings": (8, 8192),
-    "token_bucket_size": (2, 4096),
-    "image_bucket_size": (2, 128),
-    "code_image_size": (8, 4096),
+    "vocab_size": (8, 1_000_000), "d_model": (8, 8192), "max_position_embeddings": (8, 8192),
+    "encoder_layers": (1, 96), "decoder_layers": (1, 96),
+    "encoder_attention_heads": (1, 128), "decoder_attention_heads": (1, 128),
+    "encoder_ffn_dim": (8, 65536), "decoder_ffn_dim": (8, 65536),
+    "token_bucket_size": (2, 4096), "image_bucket_size": (2, 128), "code_image_size": (8, 4096),
 }
 
 

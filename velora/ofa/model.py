@@ -237,26 +237,38 @@ class EncoderOutput:
     position_embedding: torch.Tensor  # (S, C) LayerNorm-ed positions, image first; the decoder's cross bias uses them
 
 
-class OFAEncoder(nn.Module):
-    def __init__(self, config: OFAConfig, embed_tokens: nn.Embedding):
+class _Stack(nn.Module):
+    """What the encoder and decoder share: the config, the shared token embedding, and the scalings."""
+
+    def __init__(self, config: OFAConfig, embed_tokens: nn.Embedding, heads: int):
         super().__init__()
-        d, heads = config.d_model, config.encoder_attention_heads
         self.config = config
         self.num_heads = heads
-        self.embed_scale = math.sqrt(d) if config.scale_embedding else 1.0
-        self.pos_scaling = (d / heads * config.attn_scale_factor) ** -0.5
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.pos_scaling = (config.d_model / heads * config.attn_scale_factor) ** -0.5  # absolute-position bias
         self.gradient_checkpointing = False
-        self.image_bias_cache = ImageBiasCache()
-
         self.embed_tokens = embed_tokens
+
+    def _init_positions(self) -> None:
+        """Absolute text and image-grid position tables and their LayerNorms (the decoder's image ones serve OFA's
+        image generation; they are kept so the checkpoint loads whole)."""
+        d = self.config.d_model
+        self.embed_positions = nn.Embedding(self.config.max_position_embeddings + 2, d)
+        self.embed_image_positions = nn.Embedding(self.config.image_bucket_size ** 2 + 1, d)
+        self.pos_ln = nn.LayerNorm(d)
+        self.image_pos_ln = nn.LayerNorm(d)
+
+
+class OFAEncoder(_Stack):
+    def __init__(self, config: OFAConfig, embed_tokens: nn.Embedding):
+        super().__init__(config, embed_tokens, config.encoder_attention_heads)
+        d, heads = config.d_model, config.encoder_attention_heads
+        self.image_bias_cache = ImageBiasCache()
         self.type_embedding = nn.Embedding(2, d) if config.add_type_embedding else None  # 0 text, 1 image
         self.embed_images = ResNet(RESNET_LAYERS[config.resnet_type], config.resnet_drop_path_rate)
         self.image_proj = nn.Linear(RESNET_CHANNELS, d)
         self.patch_layernorm_embedding = nn.LayerNorm(d) if config.patch_layernorm_embedding else None
-        self.embed_positions = nn.Embedding(config.max_position_embeddings + 2, d)
-        self.embed_image_positions = nn.Embedding(config.image_bucket_size ** 2 + 1, d)
-        self.pos_ln = nn.LayerNorm(d)
-        self.image_pos_ln = nn.LayerNorm(d)
+        self._init_positions()
         self.pos_q_linear = nn.Linear(d, d)
         self.pos_k_linear = nn.Linear(d, d)
         rates = drop_path_rates(config.encoder_drop_path_rate, config.encoder_layers)
@@ -365,25 +377,14 @@ class OFAEncoder(nn.Module):
         return EncoderOutput(self.layer_norm(x), padding_mask, pos)
 
 
-class OFADecoder(nn.Module):
+class OFADecoder(_Stack):
     def __init__(self, config: OFAConfig, embed_tokens: nn.Embedding):
-        super().__init__()
+        super().__init__(config, embed_tokens, config.decoder_attention_heads)
         d, heads = config.d_model, config.decoder_attention_heads
-        self.config = config
-        self.num_heads = heads
-        self.embed_scale = math.sqrt(d) if config.scale_embedding else 1.0
-        self.pos_scaling = (d / heads * config.attn_scale_factor) ** -0.5
-        self.gradient_checkpointing = False
-
-        self.embed_tokens = embed_tokens
         rates = drop_path_rates(config.decoder_drop_path_rate, config.decoder_layers)
         self.layers = nn.ModuleList([DecoderLayer(config, rates[i]) for i in range(config.decoder_layers)])
         self.layernorm_embedding = nn.LayerNorm(d) if config.layernorm_embedding else None
-        self.embed_positions = nn.Embedding(config.max_position_embeddings + 2, d)
-        # image_* and code_* modules serve OFA's image generation; they are kept so the checkpoint loads whole.
-        self.embed_image_positions = nn.Embedding(config.image_bucket_size ** 2 + 1, d)
-        self.pos_ln = nn.LayerNorm(d)
-        self.image_pos_ln = nn.LayerNorm(d)
+        self._init_positions()
         self.self_pos_q_linear = nn.Linear(d, d)
         self.self_pos_k_linear = nn.Linear(d, d)
         self.cross_pos_q_linear = nn.Linear(d, d)
