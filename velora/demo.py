@@ -25,7 +25,19 @@ from pathlib import Path
 import click
 import torch
 
+from velora.bundle import ModelBundle, save_model_dir
+from velora.convert import convert
+from velora.data import load_examples, metadata_of
+from velora.evaluate import evaluate
+from velora.hub import DEFAULT_MODEL_ID, find_cached
+from velora.merge import merge_lora
+from velora.ofa import OFAConfig, OFAModel
+from velora.ofa.checkpoint import randomize_
+from velora.ofa.processor import OFAProcessor
+from velora.predict import predict
+from velora.predictor import Predictor
 from velora.synthetic import TASKS, write_task
+from velora.train import train
 
 # The small OFA built when no checkpoint is given: OFA's architecture, scaled down to train in minutes on 2 cores.
 SMALL_OFA = dict(d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
@@ -39,7 +51,6 @@ KIND_WORDS = {"exists": "what is there", "place": "where things are", "count": "
 @dataclass(frozen=True)
 class Plan:
     """How big each stage is."""
-
     train_images: int  # task B pictures for `velora train` (convert holds out val_ratio of them for validation)
     test_images: int  # task B pictures for the base-vs-tuned test, never seen in training
     lora_steps: int
@@ -103,8 +114,6 @@ def _task_words(task: str) -> str:
 
 def make_task(folder: Path, task: str, n_images: int, seed: int, val_ratio: float | None = None) -> Path:
     """FOLDER/NAME.csv of `task` (and, with `val_ratio`, its `velora convert` dataset FOLDER/dataset)."""
-    from velora.convert import convert
-
     csv_path = write_task(folder, task, n_images, seed, name=folder.name)
     _say(f"  {csv_path}: {n_images} pictures of task {task} ({_rows(csv_path)} rows)")
     if val_ratio is None:
@@ -126,9 +135,6 @@ def _rows(csv_path: Path) -> int:
 
 def find_checkpoint(model_path: str | None) -> Path | None:
     """The OFA to build on: `model_path` if given, else the hub cache's copy of the default model, else None."""
-    from velora.bundle import ModelBundle
-    from velora.hub import DEFAULT_MODEL_ID, find_cached
-
     if model_path:
         return ModelBundle.resolve_base(model_path, advice="the demo needs a full OFA model directory as its "
                                                            "base").base_dir
@@ -152,13 +158,6 @@ def cached_small_base(base_dir: Path, plan: Plan) -> dict | None:
 def build_small_base(work: Path, base_dir: Path, plan: Plan) -> dict:
     """Random weights, then task A taught through velora's own stages: `velora train` with a wide LoRA (every
     linear layer of the transformer, rank 32) and `velora merge` into a plain model directory."""
-    from velora.merge import merge_lora
-    from velora.ofa import OFAConfig, OFAModel
-    from velora.bundle import save_model_dir
-    from velora.ofa.checkpoint import randomize_
-    from velora.ofa.processor import OFAProcessor
-    from velora.train import train
-
     torch.manual_seed(plan.seed)
     random_dir = save_model_dir(randomize_(OFAModel(OFAConfig(**SMALL_OFA)), seed=plan.seed).eval(),
                                 OFAProcessor.default(image_size=plan.image_size), work / "random_ofa")
@@ -226,8 +225,6 @@ def pick_example(test_csv: Path) -> dict:
 def accuracy_by_kind(examples, result) -> dict:
     """Base and tuned accuracy for each kind of hypothesis (the test CSV's `kind` column), from `result`'s
     per-example predictions."""
-    from velora.data import metadata_of
-
     columns = {"metadata": examples.dataset["metadata"]}
     kinds = [metadata_of(columns, i).get("kind", "?") for i in range(len(examples))]
     by_kind = {}
@@ -271,18 +268,12 @@ def run_demo(output_dir: str | Path = "demo_output", quick: bool = False, model_
     _say(f"  {base_dir}")
 
     _stage(3, f"velora train: LoRA on task B ({_task_words('B')})")
-    from velora.train import train
-
     adapter_dir = output / "lora_finetuned"
     settings = lora_settings(base_dir, train_set, adapter_dir, plan, given_dir is not None)
     _say("  velora train " + as_flags(settings))
     train(settings)
 
     _stage(4, "velora eval --compare_base on the held-out test set")
-    from velora.data import load_examples
-    from velora.evaluate import evaluate
-    from velora.predictor import Predictor
-
     predictor = Predictor.from_pretrained(adapter_dir)
     examples = load_examples(test_csv)
     result = evaluate(predictor, examples, compare_base=True, progress=True)
@@ -293,8 +284,6 @@ def run_demo(output_dir: str | Path = "demo_output", quick: bool = False, model_
     by_kind = accuracy_by_kind(examples, result)
 
     _stage(5, "velora predict --compare_base on one held-out example")
-    from velora.predict import predict
-
     example = pick_example(test_csv)
     shown = predict(predictor, example["image_path"], example["premise"], example["hypothesis"], compare_base=True)
     _say(shown.to_text())

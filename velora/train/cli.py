@@ -27,8 +27,7 @@ HELP_SECTIONS = {
 }
 HELP_ALL = "velora.help_all"
 NEGATED = "no_"  # click name of a `--no_X` flag: X set to false
-TEMPLATES = ("lora_config.json", "example_ve_data.csv")  # velora/templates/, shipped as package data
-INIT_LAYOUT = {"lora_config.json": "configs", "example_ve_data.csv": "data"}
+INIT_LAYOUT = {"lora_config.json": "configs", "example_ve_data.csv": "data"}  # velora/templates/ (package data)
 
 
 class _ArgparseType(click.ParamType):
@@ -93,7 +92,7 @@ def _option(action: argparse.Action) -> click.Option:
 def config_options() -> list[click.Option]:
     from transformers import HfArgumentParser  # deferred: transformers takes seconds to import
 
-    from velora.train.config import TrainConfig
+    from velora.train.config import TrainConfig  # deferred: imports transformers
 
     parser = HfArgumentParser(TrainConfig)
     return [_option(action) for action in parser._actions if action.option_strings and action.dest != "help"]
@@ -190,8 +189,8 @@ def init_project(directory: Path) -> tuple[list[Path], list[Path]]:
     """Write the templates into `directory`'s configs/ and data/; files that exist are left as they are. Returns
     (written, kept)."""
     written, kept = [], []
-    for name in TEMPLATES:
-        target = directory / INIT_LAYOUT[name] / name
+    for name, folder in INIT_LAYOUT.items():
+        target = directory / folder / name
         if target.exists():
             kept.append(target)
             continue

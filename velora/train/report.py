@@ -139,7 +139,7 @@ def plot_training_curve(history: list[dict], path: Path) -> Path:
     import matplotlib  # deferred: matplotlib takes ~1 s to import and is needed once, at the end
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: with matplotlib
 
     losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
     evals = [(h["step"], h["eval_accuracy"], h["eval_macro_f1"]) for h in history if "eval_accuracy" in h]
