@@ -19,13 +19,14 @@ Two tasks share the scenes but ask different things:
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from velora.convert.spreadsheet import write_rows
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 90, 200), "yellow": (235, 190, 20)}
@@ -273,11 +274,8 @@ def write_task(folder: str | Path, task: str, n_images: int, seed: int, image_px
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"{task}-{seed}")
-    csv_path = folder / f"{name}.csv"
-    with open(csv_path, "w", newline="", encoding="utf-8") as f, \
-            open(folder / f"{name}.scenes.jsonl", "w", encoding="utf-8") as scenes:
-        writer = csv.writer(f)
-        writer.writerow(["image_path", "premise", "hypothesis", "label", "kind"])
+    rows = []
+    with open(folder / f"{name}.scenes.jsonl", "w", encoding="utf-8") as scenes:
         for i in range(n_images):
             scene = make_scene(rng)
             premise = make_premise(scene, task, rng)
@@ -286,6 +284,7 @@ def write_task(folder: str | Path, task: str, n_images: int, seed: int, image_px
             scenes.write(json.dumps({"image_path": image, "scene": scene.to_dict(), "premise": premise.text,
                                      "premise_thing": asdict(premise.thing), "premise_unseen": premise.unseen})
                          + "\n")
-            for h in make_hypotheses(scene, premise, task, rng, per_label):
-                writer.writerow([image, premise.text, h.text, h.label, h.kind])
+            rows += [{"image_path": image, "premise": premise.text, "hypothesis": h.text, "label": h.label,
+                      "kind": h.kind} for h in make_hypotheses(scene, premise, task, rng, per_label)]
+    csv_path = write_rows(folder / f"{name}.csv", ["image_path", "premise", "hypothesis", "label", "kind"], rows)
     return csv_path
