@@ -97,6 +97,11 @@ def open_dataset(path: str | os.PathLike):
         loaded = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as e:
         raise VeloraError(f"{path}: not a dataset saved by `velora convert` ({str(e).splitlines()[0]})") from None
+    except IndexError:  # datasets cannot load a split saved with 0 rows and no data file
+        empty = [d.name for d in path.iterdir() if (d / "state.json").exists() and not any(d.glob("*.arrow"))]
+        raise VeloraError(f"{path}: the {' and '.join(empty) or 'a'} split has no rows and no data file, which "
+                          f"`datasets` cannot load; convert the data again with `velora convert` (it writes empty "
+                          f"splits loadably) or remove that split") from None
     for name, split in (loaded.items() if isinstance(loaded, DatasetDict) else [(None, loaded)]):
         _check_split(split, f"{path} [{name}]" if name else str(path))
     return loaded
@@ -110,7 +115,7 @@ def load_training_splits(path: str | os.PathLike):
     if not isinstance(dataset, DatasetDict) or "train" not in dataset:
         raise VeloraError(f"{path}: expected train and validation splits (made by `velora convert`)")
     if len(dataset["train"]) == 0:
-        raise VeloraError(f"{path}: the train split is empty")
+        raise VeloraError(f"{path}: the train split is empty; convert more rows, or a smaller --val_ratio")
     return dataset
 
 
