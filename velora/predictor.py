@@ -201,15 +201,28 @@ class Predictor:
             bar.close()
         return out
 
+    def score_pixels(self, pixels: torch.Tensor, image_index: Sequence[int], prompts: Sequence[list[int]],
+                     adapter: str | None = None) -> torch.Tensor:
+        """(N, 3) probabilities of prompts encoded by `processor_for(adapter).encode_text`, on images already
+        preprocessed: `pixels` is (U, 3, S, S) as `processor_for(adapter).image_tensor` makes them, and row i
+        looks at pixels[image_index[i]]. One batch: each image's ResNet features are computed once, text grouped
+        as in `score`. For callers that decode images elsewhere (`velora predict --input_file`, in workers)."""
+        with self._adapter(adapter), torch.inference_mode():
+            return self._score_pixels(self.processor_for(adapter), pixels, list(image_index), list(prompts))
+
     def _score_batch(self, processor: OFAProcessor, images: list[ImageSource], keys: list[str],
                      prompts: list[list[int]]) -> torch.Tensor:
         unique = list(dict.fromkeys(keys))
         first = {k: images[keys.index(k)] for k in unique}
         pixels = torch.stack([processor.image_tensor(load_image(first[k])) for k in unique])
+        return self._score_pixels(processor, pixels, [unique.index(k) for k in keys], prompts)
+
+    def _score_pixels(self, processor: OFAProcessor, pixels: torch.Tensor, image_index: list[int],
+                      prompts: list[list[int]]) -> torch.Tensor:
         pixels = pixels.to(self.device, self.dtype)
         features = torch.cat([self.model.image_features(chunk)  # (U, RESNET_CHANNELS, h, w), one per image
                               for chunk in pixels.split(self.image_batch)])
-        features = features[torch.tensor([unique.index(k) for k in keys], device=self.device)]
+        features = features[torch.tensor(image_index, device=self.device)]
         probs = torch.empty(len(prompts), len(LABELS))
         for rows in self._text_groups(prompts):
             text = processor.collate([prompts[i] for i in rows])
