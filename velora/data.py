@@ -26,6 +26,7 @@ from velora.convert.issues import printable
 from velora.errors import VeloraError
 from velora.images import load_image
 from velora.labels import LABELS, normalize_label
+from velora.translate import Translator, non_english_warning, translate_pairs
 
 ALL_SPLITS = "all"  # every split of a DatasetDict, one after the other, with a `split` column
 REQUIRED_COLUMNS = ("image", "hypothesis", "label")
@@ -38,6 +39,7 @@ class ExampleSet:
     dataset: Any  # datasets.Dataset
     source: str  # for reports: "data/test.csv" or "data/hf_dataset [validation]"
     dropped: list = field(default_factory=list)  # velora.convert.RowIssue per CSV/JSONL row the checks left out
+    translated_by: str | None = None  # the back-end that translated texts of these examples (--translate)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -49,6 +51,24 @@ class ExampleSet:
     def rows(self, start: int, stop: int) -> dict[str, list]:
         """Columns of rows [start, stop) as lists."""
         return self.dataset[start:stop]
+
+    def texts(self) -> tuple[list[str | None], list[str]]:
+        """(premises, hypotheses) of every example, as the model scores them."""
+        n = len(self.dataset)
+        premises = list(self.dataset["premise"]) if "premise" in self.dataset.column_names else [None] * n
+        return premises, list(self.dataset["hypothesis"])
+
+    def non_english_warning(self) -> str | None:
+        """The warning for Chinese text about to be scored untranslated (velora.translate.non_english_warning)."""
+        names = list(self.dataset["source_row"]) if "source_row" in self.dataset.column_names else None
+        return non_english_warning(*self.texts(), names=names)
+
+    def notes(self, translated: bool = False) -> str | None:
+        """For reports: rows the checks left out, and Chinese text scored untranslated (unless `translated`) or
+        the back-end that translated."""
+        language = (f"texts translated to English by {self.translated_by}" if self.translated_by
+                    else None if translated else self.non_english_warning())
+        return "; ".join(filter(None, [self.dropped_summary(), language])) or None
 
     def dropped_summary(self) -> str | None:
         if not self.dropped:
@@ -140,13 +160,15 @@ def _pick_split(loaded, path: Path, split: str) -> tuple[Any, str]:
     return loaded[split], f"{path} [{split}]"
 
 
-def load_examples(path: str | os.PathLike, split: str = "validation", **check_options) -> ExampleSet:
+def load_examples(path: str | os.PathLike, split: str = "validation", *, translator: Translator | None = None,
+                  **check_options) -> ExampleSet:
     """Labelled examples from a `velora convert` dataset directory or a CSV/JSONL file.
 
     `split` picks the split of a DatasetDict ("validation", "train", or "all" for every split with a `split`
     column); it is ignored for a single Dataset and for a CSV/JSONL (all its usable rows), which is checked as
     `velora convert` would with `check_options` (image_root, allow_outside_paths, limits: see
-    velora.convert.check_input).
+    velora.convert.check_input). With a `translator` (velora.translate), texts it detects as non-English are
+    translated, the originals kept in premise_original / hypothesis_original.
     """
     from datasets import Image as ImageFeature  # deferred: datasets takes ~1 s to import
 
@@ -156,14 +178,41 @@ def load_examples(path: str | os.PathLike, split: str = "validation", **check_op
     dropped: list = []
     if path.is_dir():
         dataset, source = _pick_split(open_dataset(path), path, split)
+        if translator is not None:
+            dataset = translate_dataset(dataset, translator, source)
     else:
-        dataset, report = load_records_with_report(path, **check_options)
+        dataset, report = load_records_with_report(path, translator=translator, **check_options)
         source, dropped = str(path), list(report.dropped)
     if len(dataset) == 0:
         raise VeloraError(f"{source}: no examples")
     if isinstance(dataset.features["image"], ImageFeature):
         dataset = dataset.cast_column("image", ImageFeature(decode=False))
-    return ExampleSet(dataset, source, dropped)
+    backends = set(dataset["translated_by"]) - {""} if "translated_by" in dataset.column_names else set()
+    return ExampleSet(dataset, source, dropped, ", ".join(sorted(backends)) or None)
+
+
+def translate_dataset(dataset, translator: Translator, source: str):
+    """`dataset` with its non-English premises and hypotheses in English (velora.translate.translate_pairs); the
+    originals go to premise_original / hypothesis_original unless the dataset has them already (a `velora
+    convert` dataset keeps the user's text there), the back-end to translated_by."""
+    columns = dataset.column_names
+    premises = list(dataset["premise"]) if "premise" in columns else [None] * len(dataset)
+    pairs = translate_pairs(translator, premises, list(dataset["hypothesis"]))
+    failed = next((i for i, pair in enumerate(pairs) if pair.error), None)
+    if failed is not None:
+        raise VeloraError(f"{source} row {failed}: {pairs[failed].error}")
+    if not any(pair.translated for pair in pairs):
+        return dataset
+    before = list(dataset["translated_by"]) if "translated_by" in columns else [""] * len(pairs)
+    new = {"premise": [p.premise or "" for p in pairs], "hypothesis": [p.hypothesis for p in pairs],
+           "translated_by": [p.translated_by or old for p, old in zip(pairs, before)]}
+    if "premise_original" not in columns:
+        new["premise_original"] = [p.premise_original or "" for p in pairs]
+        new["hypothesis_original"] = [p.hypothesis_original for p in pairs]
+    dataset = dataset.remove_columns([c for c in new if c in columns])
+    for name, values in new.items():
+        dataset = dataset.add_column(name, values)
+    return dataset.select_columns(columns + [c for c in new if c not in columns])
 
 
 def image_source(image: Any) -> bytes | str:

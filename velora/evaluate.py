@@ -24,6 +24,7 @@ from velora.io import check_output_file, write_atomic
 from velora.labels import LABELS
 from velora.metrics import Metrics, compute_metrics, predicted_labels  # noqa: F401 (re-exported: velora.evaluate API)
 from velora.predictor import BASE, Predictor
+from velora.translate import Translator
 
 SHORT = {"entailment": "entail", "contradiction": "contra", "neutral": "neutral"}  # confusion-matrix headers
 
@@ -128,12 +129,15 @@ def _write(path: str | os.PathLike, text: str) -> Path:
 
 
 def evaluate(predictor: Predictor, test_file: str | os.PathLike | ExampleSet, *, split: str = "validation",
-             compare_base: bool = False, batch_size: int = 16, progress: bool = False) -> EvalResult:
-    """Score every example of `test_file` (CSV/JSONL or `velora convert` dataset; see `velora.data.load_examples`)
-    with `predictor`; with `compare_base`, also with its adapter switched off."""
+             compare_base: bool = False, batch_size: int = 16, progress: bool = False,
+             translator: Translator | None = None) -> EvalResult:
+    """Score every example of `test_file` (CSV/JSONL or `velora convert` dataset; see `velora.data.load_examples`,
+    which also translates with a `translator`) with `predictor`; with `compare_base`, also with its adapter
+    switched off. The result's note says what the input checks left out and what was (or was not) translated."""
     if compare_base and not predictor.adapter_names:
         raise VeloraError("--compare_base needs a LoRA adapter as --model_path; this is a plain model")
-    examples = test_file if isinstance(test_file, ExampleSet) else load_examples(test_file, split)
+    examples = (test_file if isinstance(test_file, ExampleSet)
+                else load_examples(test_file, split, translator=translator))
     y_true = examples.labels
     predictions = predicted_labels(score_examples(predictor, examples, batch_size=batch_size, progress=progress,
                                                   desc="eval"))
@@ -143,7 +147,7 @@ def evaluate(predictor: Predictor, test_file: str | os.PathLike | ExampleSet, *,
                                                            progress=progress, desc="eval (base)"))
         base = compute_metrics(y_true, base_predictions)
     return EvalResult(predictor.description, examples.source, compute_metrics(y_true, predictions), base,
-                      examples.dropped_summary(), predictions, base_predictions)
+                      examples.notes(), predictions, base_predictions)
 
 
 def plot_confusion(result: EvalResult, path: str | os.PathLike) -> Path:

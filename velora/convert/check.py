@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from velora.convert.image_checks import ImageCheck, check_images
 from velora.convert.issues import RowIssue
@@ -21,8 +22,12 @@ from velora.convert.quality import find_conflicts, find_duplicates, quality_warn
 from velora.convert.reading import InputTable, read_input
 from velora.convert.report import ConversionReport, label_counts
 from velora.convert.rows import Record, parse_row
+from velora.convert.translation import translate_records
 from velora.errors import VeloraError
 from velora.images import DEFAULT_LIMITS, ImageLimits
+
+if TYPE_CHECKING:
+    from velora.translate import Translator
 
 
 @dataclass
@@ -86,12 +91,15 @@ def check_input(
     max_pixels: int | None = None,
     num_proc: int = 1,
     progress: bool = False,
+    translator: Translator | None = None,
 ) -> CheckedInput:
     """Read and check every row and image; nothing is written. Raises VeloraError for a file-level problem
     (missing file or columns, not UTF-8); a row-level problem drops that row with a reason in the report.
 
     Images must lie inside `image_root` (default: the input file's folder), symlinks followed, unless
-    `allow_outside_paths`; each is read and decoded within `limits` (`max_pixels` overrides limits.max_pixels)."""
+    `allow_outside_paths`; each is read and decoded within `limits` (`max_pixels` overrides limits.max_pixels).
+    With a `translator` (velora.translate.Translator), the usable rows' texts are translated to English, the
+    originals kept (velora.convert.translation)."""
     if num_proc < 1:
         raise VeloraError(f"--num_proc must be 1 or more, got {num_proc}")
     limits = image_limits(limits, max_pixels)
@@ -104,6 +112,11 @@ def check_input(
     checks = check_images(wanted, root=root, cwd=cwd, snli=table.format == "snli-ve", limits=limits,
                           allow_outside=allow_outside_paths, num_proc=num_proc, progress=progress)
     good, flagged = _apply_image_checks(parsed, checks, dropped)
+    translation = None
+    if translator is not None:
+        good, lost, flags, translation = translate_records(good, translator)
+        dropped.extend(lost)
+        flagged.extend(flags)
 
     keep, duplicates = find_duplicates(good)
     records = [good[i] for i in keep]
@@ -124,6 +137,7 @@ def check_input(
         warnings=quality_warnings(records),
         settings={"image_root": str(root), "allow_outside_paths": allow_outside_paths,
                   "max_pixels": limits.max_pixels, "max_side": limits.max_side, "max_image_bytes": limits.max_bytes},
+        translation=translation,
     )
     return CheckedInput(records, report)
 

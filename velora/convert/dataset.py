@@ -36,6 +36,9 @@ def features():
             "label": ClassLabel(names=list(LABELS)),
             "source_row": Value("int64"),
             "metadata": Value("string"),  # JSON object of the input's extra columns/keys, "{}" when none
+            "premise_original": Value("string"),  # as written in the input: premise is its translation (--translate)
+            "hypothesis_original": Value("string"),
+            "translated_by": Value("string"),  # the translation back-end of this row, "" when nothing was translated
         }
     )
 
@@ -85,6 +88,10 @@ def _batches(records: Sequence[Record], limits: ImageLimits, progress: bool) -> 
             columns["label"].append(LABELS.index(r.label))
             columns["source_row"].append(r.line)
             columns["metadata"].append(json.dumps(r.metadata, ensure_ascii=False))
+            columns["premise_original"].append(r.premise if r.premise_original is None else r.premise_original)
+            columns["hypothesis_original"].append(r.hypothesis if r.hypothesis_original is None
+                                                  else r.hypothesis_original)
+            columns["translated_by"].append(r.translated_by)
             size += len(data)
             if len(columns["image"]) >= BATCH_ROWS or size >= BATCH_BYTES:
                 bar.update(len(columns["image"]))

@@ -118,7 +118,13 @@ def is_vague_premise(premise: str) -> bool:
     return not unspaced and all(w in _STOPWORDS or w in _VAGUE_WORDS for w in words)
 
 
+# How to get English text: named by every warning about Chinese text (validate, convert, predict, eval, serve).
+TRANSLATE_HINT = ("pass --translate with a local translation model folder (e.g. ./opus-mt-zh-en), deepl, or "
+                  "command:CMD - see docs/chinese.md")
+
+
 def has_cjk(text: str) -> bool:
+    """Chinese, Japanese or Korean characters (or full-width forms) in `text`: OFA reads English only."""
     return bool(_CJK.search(text))
 
 
@@ -150,7 +156,8 @@ def quality_warnings(rows: Sequence[CheckedRow]) -> list[QualityWarning]:
         found.append(QualityWarning(
             "non_english_text",
             f"{plural(len(cjk), 'row')} with Chinese/Japanese/Korean text ({examples(cjk)}); OFA only understands "
-            "English - translate premises and hypotheses to English first (e.g. with DeepL), as the guide advises",
+            f"English - translate premises and hypotheses to English, as the guide advises: `velora convert` can, "
+            f"{TRANSLATE_HINT}",
             cjk,
         ))
 

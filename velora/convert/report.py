@@ -46,6 +46,9 @@ CODE_TEXT = {
     "conflicting_labels": "same image + hypothesis, conflicting labels",
     "outside_image_root": "image outside the input's folder / --image_root (--allow_outside_paths)",
     "found_in_working_directory": "image found relative to the working directory, not the CSV folder",
+    # --translate
+    "translation_failed": "translation came back empty",
+    "glossary_term_lost": "glossary term missing from the translation",
 }
 
 
@@ -91,6 +94,7 @@ class ConversionReport:
     splits: dict[str, dict[str, Any]] | None = None
     output_dir: str | None = None
     report_path: str | None = None
+    translation: dict[str, Any] | None = None  # --translate: back-end, cache, glossary, counts
 
     @property
     def dropped_rows(self) -> int:
@@ -132,6 +136,7 @@ class ConversionReport:
                 "flagged_by_reason": dict(Counter(issue.code for issue in self.flagged).most_common()),
             },
             "splits": self.splits,
+            "translation": self.translation,
             "dropped": [issue.to_dict() for issue in self.dropped],
             "flagged": [issue.to_dict() for issue in self.flagged],
             "warnings": [w.to_dict() for w in self.warnings],
@@ -157,6 +162,8 @@ class ConversionReport:
                 counts = "  ".join(f"{label} {split['labels'].get(label, 0):,}" for label in LABELS)
                 out.append(f"  {name:<{width}}  {plural(split['rows'], 'row'):>12}  "
                            f"{plural(split['images'], 'image'):>13}   {counts}")
+        if self.translation:
+            out.append(translation_line(self.translation))
         for title, issues in self.sections():
             if not issues:
                 continue
@@ -171,3 +178,12 @@ class ConversionReport:
         if self.report_path:
             out.append(f"Report: {self.report_path}")
         return "\n".join(printable(line) for line in out)
+
+
+def translation_line(t: dict[str, Any]) -> str:
+    """'Translated 12 texts (8 rows) to English with hf:opus-mt-zh-en: 5 from the cache, ...'."""
+    if not t.get("translated"):
+        return f"Translation ({t['backend']}): no text needed it (detection: {t['detect']})."
+    return (f"Translated {plural(t['translated'], 'text')} ({plural(t.get('rows_translated', 0), 'row')} kept) to "
+            f"English with {t['backend']}: {t.get('from_cache', 0):,} from the cache, {t.get('sent', 0):,} sent; "
+            "originals in premise_original / hypothesis_original.")

@@ -30,6 +30,9 @@ class Record:
     image_file: Path | None = None
     image_key: str = ""  # sha256 of the image bytes
     image_format: str | None = None
+    premise_original: str | None = None  # as the user wrote it, when `premise` is its translation (--translate)
+    hypothesis_original: str | None = None
+    translated_by: str = ""  # the translation back-end's name when a text of this row was translated
 
 
 def _text(raw: RawRow, name: str, issues: list[RowIssue]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from velora.convert.check import CheckedInput, check_input, image_limits
 from velora.convert.dataset import build_dataset, quiet_datasets
@@ -16,6 +17,9 @@ from velora.convert.split import grouped_stratified_split
 from velora.convert.staging import staging_folder
 from velora.errors import VeloraError
 from velora.images import ImageLimits
+
+if TYPE_CHECKING:
+    from velora.translate import Translator
 
 
 def _holds_dataset(path: Path) -> bool:
@@ -68,10 +72,13 @@ def convert(
     limits: ImageLimits | None = None,
     max_pixels: int | None = None,
     progress: bool = False,
+    translator: Translator | None = None,
 ) -> ConversionReport:
     """Check `input_path` (see check_input for `image_root`, `allow_outside_paths`, `limits`, `max_pixels`) and
     write a DatasetDict (train, validation) to `output_dir`, with conversion_report.json inside it. The split keeps
-    each image (by content) in one split and the label mix of the whole.
+    each image (by content) in one split and the label mix of the whole. With a `translator`
+    (velora.translate.load_translator), non-English premises and hypotheses are written in English, the originals in
+    premise_original / hypothesis_original and the back-end in translated_by.
 
     The dataset appears at `output_dir` only when complete (written beside it, then renamed into place). When no
     row survives, or `strict` and a row was dropped, nothing is written there and the report goes to
@@ -84,7 +91,7 @@ def convert(
 
     limits = image_limits(limits, max_pixels)
     checked = check_input(input_path, image_root=image_root, allow_outside_paths=allow_outside_paths,
-                          limits=limits, num_proc=num_proc, progress=progress)
+                          limits=limits, num_proc=num_proc, progress=progress, translator=translator)
     report, records = checked.report, checked.records
     report.settings.update({"val_ratio": val_ratio, "seed": seed, "strict": strict})
     problem = _unusable(checked, strict)

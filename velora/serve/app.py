@@ -32,6 +32,7 @@ from velora.serve.metrics import Metrics
 from velora.serve.middleware import RequestGuard
 from velora.serve.routers import check, health
 from velora.serve.settings import ServeSettings, display_name
+from velora.translate import Translator, translator_for
 
 logger = logging.getLogger("velora.serve")
 STATIC = Path(__file__).parent / "static"
@@ -42,6 +43,14 @@ def load_predictor(settings: ServeSettings) -> Predictor:
                                           device=settings.device, dtype=settings.dtype,
                                           image_size=settings.image_size)
     return attach_adapters(predictor, settings.adapters)
+
+
+def load_translator(settings: ServeSettings, predictor: Predictor) -> Translator | None:
+    """--translate's Translator (None without it), its model loaded now on the Predictor's device."""
+    translator = translator_for(vars(settings), device=str(predictor.device))
+    if translator is not None:
+        translator.load()
+    return translator
 
 
 def attach_adapters(predictor: Predictor, adapters: dict[str, str]) -> Predictor:
@@ -87,6 +96,9 @@ async def warm_up(service: Service) -> None:
 async def lifespan(app: FastAPI):
     settings: ServeSettings = app.state.settings
     predictor = app.state.predictor or await anyio.to_thread.run_sync(load_predictor, settings)
+    if app.state.translator is None and settings.translate:
+        app.state.translator = await anyio.to_thread.run_sync(load_translator, settings, predictor)
+    app.state.translate_limiter = anyio.CapacityLimiter(1)  # one translation at a time; others wait without a thread
     service = build_service(settings, predictor, app.state.metrics)
     app.state.service = service
     try:
@@ -101,6 +113,9 @@ async def lifespan(app: FastAPI):
         service.ready = False
         await anyio.to_thread.run_sync(service.batcher.close)
         app.state.service = None
+        if app.state.translator is not None:
+            app.state.translator.close()
+            app.state.translator = None
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -119,9 +134,10 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
 
 
-def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> FastAPI:
+def create_app(settings: ServeSettings, predictor: Predictor | None = None,
+               translator: Translator | None = None) -> FastAPI:
     """The app for `settings`. Pass an already-loaded `predictor` (adapters attached) to skip loading at startup;
-    it must then be used by this app only."""
+    it must then be used by this app only. `translator` likewise, for `settings.translate` (closed at shutdown)."""
     # FastAPIOffline: FastAPI whose /docs and /redoc pages load their JavaScript from this server, not a CDN
     app = FastAPIOffline(title="velora", version=__version__, lifespan=lifespan,
                          description="Visual entailment checks with OFA + LoRA adapters: does the image (and premise) "
@@ -129,6 +145,7 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
                                      "`/`.")
     app.state.settings = settings
     app.state.predictor = predictor
+    app.state.translator = translator
     app.state.metrics = Metrics(settings.low_confidence)
     app.state.service = None
     app.include_router(check.router)

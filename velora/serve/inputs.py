@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from typing import Any, Iterable, Sequence
 
+import anyio
 import pydantic_core
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,13 +24,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from velora.errors import VeloraError
 from velora.images import ImageError, load_image
 from velora.ofa.processor import OFAProcessor, TextError, is_blank
+from velora.translate import ScoredTexts, non_english_warning, translate_pairs
 
 MULTIPART, JSON = "multipart/form-data", "application/json"
 DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 TEXT_FIELDS = ("premise", "hypothesis", "adapter")
 ECHO_CHARS = 100  # of an invalid value echoed back in a 422
+SERVE_HINT = ("start the server with --translate: a local translation model folder (e.g. ./opus-mt-zh-en), deepl, "
+              "or command:CMD - see docs/chinese.md")
 HOW_TO_SEND = {
     "image": "send the image as a multipart file part named image (curl -F image=@photo.jpg), or in base64 as the "
              "JSON key image",
@@ -258,3 +263,25 @@ def decode_image(data: bytes, filename: str | None, processor: OFAProcessor) -> 
     source = io.BytesIO(data)
     source.name = name
     return processor.resize(load_image(source))
+
+
+async def translate_texts(request: Request, premises: list[str | None], hypotheses: list[str]) -> list[ScoredTexts]:
+    """The pairs as the model will score them: through the server's --translate translator (in a worker thread,
+    one translation at a time), else as they came. 502 when the translator fails."""
+    translator = request.app.state.translator
+    if translator is None:
+        return translate_pairs(None, premises, hypotheses)
+    try:
+        return await anyio.to_thread.run_sync(translate_pairs, translator, premises, hypotheses,
+                                              limiter=request.app.state.translate_limiter)
+    except VeloraError as e:
+        raise HTTPException(status_code=502, detail=f"translation failed: {e}") from None
+
+
+def language_fields(request: Request, texts: ScoredTexts) -> dict:
+    """For the response: `translation` (with --translate: the English texts scored, the originals, the back-end)
+    or `warnings` (Chinese text scored untranslated)."""
+    if request.app.state.translator is not None:
+        return {"translation": texts.to_dict()}
+    warning = non_english_warning([texts.premise], [texts.hypothesis], hint=SERVE_HINT)
+    return {"warnings": [warning]} if warning else {}

@@ -36,6 +36,12 @@ class ServeSettings:
     body_timeout: float = 30.0  # the body must arrive within this, plus 1 s per 16 KB received, else 408
     keep_alive_timeout: float = 5.0  # an idle keep-alive connection is closed after this
     limit_concurrency: int | None = 256  # more open connections or requests in flight than this: 503; None: no cap
+    # --translate (docs/chinese.md): non-English premises and hypotheses scored in English, both in the response
+    translate: str | None = None  # a local translation model folder, "deepl" or "command:CMD"; None: warn only
+    glossary: str | None = None  # CSV of (source term, English term)
+    translation_cache: str | None = None  # SQLite file; None: the default one, "off": none
+    translate_detect: str = "cjk"  # which texts are translated: cjk, non_latin or all
+    translate_timeout: float = 600.0  # seconds a command:CMD back-end may take per batch
 
     def __post_init__(self) -> None:
         checks = [

@@ -21,10 +21,21 @@ from velora.ofa.processor import OFAProcessor
 from velora.serve.batching import BatcherClosed, Job, QueueFull, Scored
 from velora.serve.dependencies import Service, get_service, require_api_key
 from velora.serve.inputs import (BATCH_OPENAPI, CHECK_OPENAPI, BatchJSON, InputError, check_texts, decode_base64,
-                                 decode_image, encode_prompt, parse_check, parse_json, pick_adapter)
+                                 decode_image, encode_prompt, language_fields, parse_check, parse_json, pick_adapter,
+                                 translate_texts)
 from velora.serve.memory import release_memory
+from velora.translate import ScoredTexts
 
 router = APIRouter(tags=["check"], dependencies=[Depends(require_api_key)])
+
+
+class TranslationInfo(BaseModel):
+    premise: str | None = Field(None, description="The premise scored (English).")
+    hypothesis: str = Field(description="The hypothesis scored (English).")
+    premise_original: str | None = Field(None, description="The premise as sent.")
+    hypothesis_original: str = Field(description="The hypothesis as sent.")
+    translated_by: str | None = Field(None, description="The back-end that translated; null: nothing needed it.")
+    glossary_terms_lost: list[str] | None = Field(None, description="Glossary terms missing from the translation.")
 
 
 class CheckResult(BaseModel):
@@ -34,6 +45,9 @@ class CheckResult(BaseModel):
     adapter: str = Field(description="The adapter that scored ('base' = adapters off).")
     batch_size: int = Field(description="Examples scored in the same model call (micro-batching).")
     latency_ms: float | None = Field(None, description="Server time for this request, body read to answer.")
+    translation: TranslationInfo | None = Field(None, description="With `velora serve --translate`: the English "
+                                                                  "texts scored and the texts as sent.")
+    warnings: list[str] | None = Field(None, description="E.g. Chinese text scored untranslated (no --translate).")
 
 
 class ItemResult(CheckResult):
@@ -122,36 +136,59 @@ async def check(request: Request, service: Service = Depends(get_service)) -> Ch
         # text parts may be as long as the body: check_texts then names the field and the character limit
         fields, data, filename = await parse_check(request, max_part_bytes=settings.max_body_bytes)
         premise, hypothesis = check_texts(fields, settings.max_text_chars)
+        (texts,) = await translate_texts(request, [premise], [hypothesis])
+        if texts.error:
+            raise HTTPException(status_code=502, detail=f"translation failed: {texts.error}")
         adapter = pick_adapter(fields.adapter, service.adapters, service.default_adapter)
-        prompt = encode_prompt(service.processor(adapter), premise, hypothesis)
+        prompt = encode_prompt(service.processor(adapter), texts.premise, texts.hypothesis)
         try:
             image = await _decode(service, data, filename, adapter)
         except ImageError as e:
             raise InputError("image", str(e)) from None
-    (future,) = _submit(service, [Job(image, premise, hypothesis, adapter, prompt)])  # outside: no waiting on it
+    (future,) = _submit(service, [Job(image, texts.premise, texts.hypothesis, adapter, prompt)])  # not in incoming()
     try:
         scored = await asyncio.wrap_future(future)
     except VeloraError as e:
         raise HTTPException(status_code=400, detail=str(e)) from None
     service.metrics.observe_prediction(adapter, scored.prediction)
-    result = CheckResult(**_result(scored, adapter), latency_ms=_ms(start))
+    result = CheckResult(**_result(scored, adapter), latency_ms=_ms(start),
+                         **language_fields(request, texts))
     request.state.log = (f"adapter={adapter} relation={result.relation} score={result.score:.3f} "
                          f"batch={result.batch_size}")
     return result
 
 
-async def _batch_jobs(service: Service, items: list, results: list) -> list[tuple[int, Job]]:
-    """Check and decode every item: a bad one gets its error in `results`, good ones become (index, Job).
-    Identical image strings are decoded once per image size, into one image object, so the Predictor shares its
-    features."""
-    limit = service.settings.max_text_chars
+async def _item_texts(request: Request, items: list, limit: int, results: list) -> dict[int, ScoredTexts]:
+    """{index: texts to score} of the items whose texts pass the checks (and translate, with --translate, in one
+    call for all); the others get their error in `results`."""
+    checked: dict[int, tuple[str | None, str]] = {}
+    for i, item in enumerate(items):
+        try:
+            checked[i] = check_texts(item, limit, f"items[{i}].")
+        except InputError as e:
+            results[i] = ItemResult(index=i, error=e.detail, field=e.field)
+    scored = await translate_texts(request, [p for p, _ in checked.values()], [h for _, h in checked.values()])
+    for i, texts in zip(list(checked), scored):
+        if texts.error:
+            results[i] = ItemResult(index=i, error=f"items[{i}].{texts.error}", field=f"items[{i}]")
+    return {i: texts for i, texts in zip(checked, scored) if not texts.error}
+
+
+async def _batch_jobs(service: Service, request: Request, items: list, results: list
+                      ) -> tuple[list[tuple[int, Job]], dict[int, ScoredTexts]]:
+    """Check and decode every item: a bad one gets its error in `results`, good ones become (index, Job), their
+    texts as scored beside. Identical image strings are decoded once per image size, into one image object, so the
+    Predictor shares its features."""
+    texts = await _item_texts(request, items, service.settings.max_text_chars, results)
     checked: list[tuple[int, str | None, str, str, list[int], tuple]] = []  # ..., adapter, prompt, image key
     raw: dict[str, bytes] = {}
     to_decode: dict[tuple, str] = {}  # (image text, image size) -> an adapter needing that size
     for i, item in enumerate(items):
+        if i not in texts:
+            continue
         prefix = f"items[{i}]."
+        premise, hypothesis = texts[i].premise, texts[i].hypothesis
         try:
-            premise, hypothesis = check_texts(item, limit, prefix)
             adapter = pick_adapter(item.adapter, service.adapters, service.default_adapter, prefix + "adapter")
             prompt = encode_prompt(service.processor(adapter), premise, hypothesis, prefix)
             if item.image not in raw:
@@ -174,7 +211,7 @@ async def _batch_jobs(service: Service, items: list, results: list) -> list[tupl
             raise image
         else:
             jobs.append((i, Job(image, premise, hypothesis, adapter, prompt)))
-    return jobs
+    return jobs, texts
 
 
 @router.post("/check_batch", response_model=BatchResult, response_model_exclude_none=True, responses=ERRORS,
@@ -191,7 +228,7 @@ async def check_batch(request: Request, service: Service = Depends(get_service))
             raise InputError("items", f"{len(body.items)} items, over the limit of {limit} per request; "
                                       "send them in several requests")
         results: list[ItemResult | None] = [None] * len(body.items)
-        jobs = await _batch_jobs(service, body.items, results)
+        jobs, texts = await _batch_jobs(service, request, body.items, results)
     futures = _submit(service, [job for _, job in jobs])
     scored_all = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
     for (i, job), scored in zip(jobs, scored_all):
@@ -201,7 +238,8 @@ async def check_batch(request: Request, service: Service = Depends(get_service))
             raise scored
         else:
             service.metrics.observe_prediction(job.adapter, scored.prediction)
-            results[i] = ItemResult(index=i, **_result(scored, job.adapter))
+            results[i] = ItemResult(index=i, **_result(scored, job.adapter),
+                                    **language_fields(request, texts[i]))
     errors = sum(r.error is not None for r in results)
     request.state.log = f"items={len(results)} errors={errors}"
     return BatchResult(results=results, errors=errors, latency_ms=_ms(start))
