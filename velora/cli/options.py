@@ -53,21 +53,16 @@ def load_predictor(model: dict, bundle: ModelBundle | None = None, quantize: str
     return Predictor.from_bundle(bundle, device=model["device"], dtype=model["dtype"], quantize=quantize)
 
 
-def input_options(f: Callable) -> Callable:
-    """INPUT (positional) or --csv_path/--input, and how rows' images are found and checked: shared by convert and
-    validate, which receive the input path and the checks as one `checks` dict of keyword arguments for
-    velora.convert."""
+def image_options(f: Callable) -> Callable:
+    """Where rows' images are and what one may cost: --image_root, --allow_outside_paths and the image limits, for
+    every command that reads a file of rows (convert, validate, predict --input_file), which receives them as one
+    `images` dict (image_root, allow_outside_paths, limits)."""
     options = [
-        click.argument("input_arg", metavar="[INPUT]", required=False, type=click.Path(dir_okay=False)),
-        click.option("--csv_path", "--input", "input_path", type=click.Path(dir_okay=False),
-                     help="The CSV (image_path,premise,hypothesis,label) or JSONL file; same as INPUT."),
         click.option("--image_root", type=click.Path(file_okay=False), default=None,
                      help="Folder relative image paths start from, and that images may not leave (default: the "
                           "input file's folder; the guide's ./data/x.jpg from the folder above also works)."),
         click.option("--allow_outside_paths", is_flag=True,
                      help="Read images outside --image_root too (absolute, ../ and ~ paths, symlinks leading out)."),
-        click.option("--num_proc", type=click.IntRange(1), default=1, show_default=True,
-                     help="Processes that decode images in parallel."),
         click.option("--max_pixels", type=click.IntRange(1), default=None,
                      help="Refuse images declaring more pixels (decompression bombs) [default: 40,000,000]."),
         click.option("--max_side", type=click.IntRange(1), default=None,
@@ -77,11 +72,32 @@ def input_options(f: Callable) -> Callable:
     ]
 
     @functools.wraps(f)
-    def command(*args, input_arg, input_path, image_root, allow_outside_paths, num_proc, max_pixels, max_side,
-                max_image_mb, **kwargs):
+    def command(*args, image_root, allow_outside_paths, max_pixels, max_side, max_image_mb, **kwargs):
         limits = ImageLimits.from_options(max_pixels=max_pixels, max_side=max_side, max_image_mb=max_image_mb)
-        checks = dict(image_root=image_root, allow_outside_paths=allow_outside_paths, num_proc=num_proc,
-                      limits=limits, progress=True)
+        images = dict(image_root=image_root, allow_outside_paths=allow_outside_paths, limits=limits)
+        return f(*args, images=images, **kwargs)
+
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def input_options(f: Callable) -> Callable:
+    """INPUT (positional) or --csv_path/--input, and how rows' images are found and checked (image_options): shared
+    by convert and validate, which receive the input path and the checks as one `checks` dict of keyword arguments
+    for velora.convert."""
+    options = [
+        click.argument("input_arg", metavar="[INPUT]", required=False, type=click.Path(dir_okay=False)),
+        click.option("--csv_path", "--input", "input_path", type=click.Path(dir_okay=False),
+                     help="The CSV (image_path,premise,hypothesis,label) or JSONL file; same as INPUT."),
+        click.option("--num_proc", type=click.IntRange(1), default=1, show_default=True,
+                     help="Processes that decode images in parallel."),
+    ]
+
+    @image_options
+    @functools.wraps(f)
+    def command(*args, input_arg, input_path, num_proc, images, **kwargs):
+        checks = dict(**images, num_proc=num_proc, progress=True)
         return f(*args, source=pick_input(input_arg, input_path), checks=checks, **kwargs)
 
     for option in reversed(options):

@@ -6,15 +6,16 @@ import json
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from velora.bundle import ModelBundle
-from velora.cli.options import load_predictor, model_options, resolve_bundle
+from velora.cli.options import image_options, load_predictor, model_options, resolve_bundle
 from velora.errors import VeloraError
 from velora.evaluate import check_output_paths, evaluate
 from velora.images import load_image
 from velora.mine import check_output, check_settings, mine
 from velora.ofa.processor import TextError
-from velora.predict import predict
+from velora.predict import predict, predict_file
 
 
 def check_texts(bundle: ModelBundle, premise: str | None, hypothesis: str) -> None:
@@ -25,15 +26,64 @@ def check_texts(bundle: ModelBundle, premise: str | None, hypothesis: str) -> No
         raise VeloraError(f"--{e}") from None
 
 
+SINGLE_FLAGS = ("image", "premise", "hypothesis", "compare_base")
+BULK_FLAGS = ("input_file", "output_file", "image_root", "allow_outside_paths", "max_pixels", "max_side",
+              "max_image_mb", "batch_size", "chunk_size", "num_workers", "overwrite")
+
+
+def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
+    return [f"--{n}" for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
+
+
+def _check_mode(ctx: click.Context) -> bool:
+    """True for a file of rows (--input_file), False for one example; mixing the two is refused, naming flags."""
+    single, bulk = _given(ctx, SINGLE_FLAGS), _given(ctx, BULK_FLAGS)
+    if {"--input_file", "--output_file"} & set(bulk):
+        if single:
+            raise click.UsageError(f"--input_file scores a file of rows and {', '.join(single)} one example: give "
+                                   "one or the other")
+        if ctx.params["input_file"] is None or ctx.params["output_file"] is None:
+            raise click.UsageError("give both --input_file (rows.csv, .jsonl or .parquet) and --output_file "
+                                   "(preds.jsonl, .csv or .parquet)")
+        return True
+    if bulk:
+        raise click.UsageError(f"{', '.join(bulk)} apply to --input_file (a file of rows), not to --image")
+    if not (ctx.params["image"] and ctx.params["hypothesis"] is not None):
+        raise click.UsageError("give --image and --hypothesis (one example), or --input_file and --output_file (a "
+                               "file of rows)")
+    return False
+
+
 @click.command("predict")
 @model_options
-@click.option("--image", required=True, help="Image file (any format Pillow reads).")
+@click.option("--image", default=None, help="Image file (any format Pillow reads).")
 @click.option("--premise", default=None, help="Text premise describing the image (optional).")
-@click.option("--hypothesis", required=True, help="Statement to check against image + premise.")
+@click.option("--hypothesis", default=None, help="Statement to check against image + premise.")
 @click.option("--compare_base", is_flag=True, help="Also score with the adapter switched off and show both.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON with all three probabilities.")
-def predict_command(model, image, premise, hypothesis, compare_base, as_json):
-    """Say whether IMAGE (+ PREMISE) entails, contradicts or is neutral to HYPOTHESIS.
+@click.option("--json", "as_json", is_flag=True, help="Print JSON with all three probabilities (or the summary).")
+@click.option("--input_file", type=click.Path(dir_okay=False), default=None,
+              help="Score every row of this CSV/TSV, JSONL or Parquet file (image_path, hypothesis; premise and "
+                   "label optional).")
+@click.option("--output_file", type=click.Path(dir_okay=False), default=None,
+              help="Predictions for --input_file: .csv, .jsonl or .parquet; every input column + predicted_label, "
+                   "confidence, prob_*, error.")
+@image_options
+@click.option("--batch_size", type=click.IntRange(1, 1024), default=None,
+              help="Rows scored together [default: 16 on CPU, 64 on a GPU].")
+@click.option("--chunk_size", type=click.IntRange(1), default=512, show_default=True,
+              help="Rows per progress file: a run that is stopped loses at most this many rows per process.")
+@click.option("--num_workers", type=click.IntRange(0), default=None,
+              help="Processes reading and decoding images beside the model [default: 1 on CPU, up to 8 per GPU].")
+@click.option("--overwrite", is_flag=True,
+              help="Replace --output_file if it exists, and discard another run's unfinished progress.")
+def predict_command(model, image, premise, hypothesis, compare_base, as_json, input_file, output_file, images,
+                    batch_size, chunk_size, num_workers, overwrite):
+    """Say whether IMAGE (+ PREMISE) entails, contradicts or is neutral to HYPOTHESIS; or score every row of a
+    file.
+
+    With --input_file, rows are read, images decoded (in --num_workers processes) and predictions written in
+    chunks, so memory stays flat; a bad row gets an `error` and never stops the run. Stopped (even kill -9),
+    the same command resumes from OUTPUT_FILE.progress/. Under torchrun the rows are shared among processes.
 
     \b
     Examples:
@@ -41,8 +91,18 @@ def predict_command(model, image, premise, hypothesis, compare_base, as_json):
           --premise "A stainless steel coffee maker on a kitchen counter" \\
           --hypothesis "This appliance brews hot beverages" --compare_base
       velora predict --model_path ./merged_model --image a.jpg --hypothesis "there are two birds." --json
+      velora predict --model_path ./lora_finetuned --input_file catalogue.csv --output_file preds.jsonl
+      torchrun --nproc_per_node 4 -m velora predict --model_path ./lora_finetuned \\
+          --input_file catalogue.parquet --output_file preds.parquet
     """
     bundle = resolve_bundle(model)
+    if _check_mode(click.get_current_context()):
+        result = predict_file(bundle, input_file, output_file, device=model["device"], dtype=model["dtype"],
+                              **images, batch_size=batch_size, chunk_size=chunk_size, num_workers=num_workers,
+                              overwrite=overwrite, progress=True)
+        if result is not None:  # rank 0 reports
+            click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
+        return
     check_texts(bundle, premise, hypothesis)
     pixels = load_image(image)
     predictor = load_predictor(model, bundle)
