@@ -20,7 +20,7 @@ import data_fixtures as F
 from velora.cli import cli
 from velora.convert import convert, validate
 from velora.convert.spreadsheet import FORMULA_STARTS, neutralise, restore, write_rows
-from velora.convert.staging import MARKER, staging_folder
+from velora.io import STAGING_MARKER as MARKER, staging_folder
 from velora.mine import write_csv as write_mined_csv
 
 PREMISE = "A pair of black running shoes on a white background"

@@ -2,9 +2,10 @@
 export).
 
 - A file appears whole or not at all: written beside its target, synced, then renamed over it (`write_atomic`).
-- A folder appears whole or not at all: built in a hidden `.NAME.velora-tmp-PID-XXXX` folder beside it, then swapped
-  in (`staged_dir`); staging folders left by a killed run are removed by the next run that stages the same output,
-  and only when the process that made them is gone.
+- A folder appears whole or not at all: built in a hidden `.NAME.velora-tmp-XXXX` folder beside it, then swapped
+  in (`staged_dir`); the run holds a lock on a marker file in it while it lives, so the next run that stages the
+  same output removes folders left by a run that died (kill -9, power loss), never one in use or one without the
+  marker.
 - Nothing is overwritten that velora did not write: an existing output file needs `overwrite`; an existing
   non-empty output folder must be velora's own kind of output (the caller's `owned` predicate) and `overwrite`; an
   output folder that is, or lies inside, one of the command's inputs is refused.
@@ -13,6 +14,7 @@ export).
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -22,7 +24,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 from velora.errors import VeloraError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; folders left by killed runs are then not cleaned up
+    fcntl = None
+
 STAGING_MARK = ".velora-tmp-"
+STAGING_MARKER = "velora-staging.lock"  # locked by the run that owns a staging folder
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
@@ -80,54 +88,85 @@ def check_output_dir(path: str | os.PathLike, flag: str, *, overwrite: bool = Fa
             raise VeloraError(f"{flag} {path}: is or lies inside the {name} ({folder}); choose a new folder")
     if path.is_dir() and any(path.iterdir()):
         if not owned(path):
-            raise VeloraError(f"{flag} {path}: holds files that velora did not write as a {what}; choose a new or "
-                              "empty folder")
+            raise VeloraError(f"{flag} {path}: holds other files (not a {what} velora wrote); choose a new or empty "
+                              "folder")
         if not overwrite:
             raise VeloraError(f"{flag} {path}: already holds a {what}; pass --overwrite to replace it, or choose a "
                               "new folder")
     return path
 
 
-def _owner_alive(staging: Path) -> bool:
-    """Whether the process named in a staging folder's name still runs (then the folder is not stale)."""
-    pid = staging.name.split(STAGING_MARK, 1)[-1].split("-", 1)[0]
-    if not pid.isdigit():
-        return False
+def _lock(path: Path):
+    """An open file holding an exclusive lock on `path`, or None when another process holds it."""
+    handle = open(path, "a")
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+def _staging_prefix(output: Path) -> str:
+    return f".{output.name}{STAGING_MARK}"
 
 
 def remove_stale_staging(output: Path) -> list[Path]:
-    """Remove `.OUTPUT.velora-tmp-*` folders beside `output` whose process is gone (a run killed mid-write)."""
+    """Remove the staging folders of `output` whose run has died (kill -9, power loss): velora's marker file in them
+    is no longer locked. A folder without the marker is not velora's and is never touched."""
+    if fcntl is None:
+        return []
     removed = []
-    if not output.parent.is_dir():
-        return removed
-    for staging in output.parent.glob(f".{output.name}{STAGING_MARK}*"):
-        if staging.is_dir() and not _owner_alive(staging):
-            shutil.rmtree(staging, ignore_errors=True)
-            removed.append(staging)
+    for folder in map(Path, glob.glob(glob.escape(str(output.parent / _staging_prefix(output))) + "*")):
+        marker = folder / STAGING_MARKER
+        if folder.is_symlink() or not folder.is_dir() or marker.is_symlink() or not marker.is_file():
+            continue
+        handle = _lock(marker)
+        if handle is None:
+            continue  # a live run
+        with handle:
+            shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
     return removed
 
 
 @contextlib.contextmanager
-def staged_dir(output: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty folder to build `output` in; when the block succeeds it replaces `output` in one rename (an
-    existing `output` is moved aside first, then deleted). On an error nothing at `output` changes."""
+def staging_folder(output: str | os.PathLike) -> Iterator[Path]:
+    """A new hidden folder beside `output` to work in, locked while the block runs and removed afterwards (also on
+    error); stale ones of earlier runs are removed first."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(output)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}{STAGING_MARK}{os.getpid()}-", dir=output.parent))
+    work = Path(tempfile.mkdtemp(prefix=_staging_prefix(output), dir=output.parent))
+    handle = None
     try:
+        if fcntl is not None:  # lock under another name, then rename: a cleaner never sees it unlocked
+            handle = _lock(work / f"{STAGING_MARKER}.new")
+            handle.write(json.dumps({"pid": os.getpid()}) + "\n")
+            handle.flush()
+            os.replace(work / f"{STAGING_MARKER}.new", work / STAGING_MARKER)
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if handle is not None:
+            handle.close()
+
+
+def publish(staged: Path, output: Path) -> None:
+    """Swap the finished folder `staged` (inside a staging folder) in at `output`: an existing `output` is moved
+    aside into the staging folder first (and goes with it)."""
+    if output.exists():
+        os.replace(output, staged.parent / "previous")
+    os.replace(staged, output)
+
+
+@contextlib.contextmanager
+def staged_dir(output: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty folder to build `output` in; when the block succeeds it replaces `output` in one rename. On an
+    error nothing at `output` changes."""
+    output = Path(output)
+    with staging_folder(output) as work:
         staged = work / "new"
         staged.mkdir()
         yield staged
-        if output.exists():
-            os.replace(output, work / "previous")
-        os.replace(staged, output)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        publish(staged, output)

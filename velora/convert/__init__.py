@@ -8,7 +8,6 @@
     split         grouped (by image) and stratified (by label) train/validation split
     report        ConversionReport: every dropped and flagged row, warnings, counts
     dataset       checked records -> datasets.Dataset with the images' bytes embedded
-    staging       the hidden folder a dataset is built in; left-overs of runs that died are removed
     writing       convert (atomic DatasetDict + report), load_records
     spreadsheet   CSVs safe to open in a spreadsheet (formula cells neutralised), read back losslessly
 """

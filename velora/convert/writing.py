@@ -14,9 +14,9 @@ from velora.convert.dataset import build_dataset, quiet_datasets
 from velora.convert.issues import QualityWarning, plural
 from velora.convert.report import REPORT_NAME, ConversionReport, split_summary
 from velora.convert.split import grouped_stratified_split
-from velora.convert.staging import staging_folder
 from velora.errors import VeloraError
 from velora.images import ImageLimits
+from velora.io import check_output_dir, is_within, publish, staging_folder
 
 if TYPE_CHECKING:
     from velora.translate import Translator
@@ -27,19 +27,13 @@ def _holds_dataset(path: Path) -> bool:
 
 
 def _check_output_dir(output: Path, input_path: Path, image_root: Path | None, overwrite: bool) -> None:
-    if output.exists() and not output.is_dir():
-        raise VeloraError(f"--output_dir {output}: exists and is a file; choose a folder path")
-    out = output.resolve()
+    """velora.io's output policy, and one rule of convert's own: the dataset may go inside the input's folder (the
+    guide's ./data/hf_dataset beside ./data/my_ve_data.csv) but must never replace that folder or one above it."""
     for protected in filter(None, [input_path.resolve().parent, image_root and image_root.resolve()]):
-        if out == protected or out in protected.parents:
+        if is_within(protected, output):
             raise VeloraError(f"--output_dir {output} would replace the folder holding your input data; "
                               "choose a new folder, e.g. data/hf_dataset")
-    if output.is_dir() and any(output.iterdir()):
-        if not _holds_dataset(output):
-            raise VeloraError(f"--output_dir {output}: folder exists and holds other files; choose a new or empty "
-                              "folder")
-        if not overwrite:
-            raise VeloraError(f"--output_dir {output}: already holds a dataset; pass --overwrite to replace it")
+    check_output_dir(output, "--output_dir", overwrite=overwrite, owned=_holds_dataset, what="dataset")
 
 
 def _failure_report_path(output: Path) -> Path:
@@ -123,9 +117,7 @@ def convert(
         report.output_dir = str(output)
         report.save(staged / REPORT_NAME)
         report.report_path = str(output / REPORT_NAME)
-        if output.exists():
-            os.replace(output, work / "previous")
-        os.replace(staged, output)
+        publish(staged, output)
     stale = _failure_report_path(output)
     if stale.exists():
         stale.unlink()
