@@ -22,11 +22,13 @@ import torch
 from PIL import Image
 
 from velora.convert.spreadsheet import write_rows
+from velora.convert.translation import COLUMNS as TRANSLATION_COLUMNS
 from velora.data import ExampleSet, load_examples, metadata_of, score_examples
 from velora.errors import VeloraError
 from velora.io import check_output_file
 from velora.labels import LABELS
 from velora.predictor import Predictor
+from velora.translate import Translator
 
 STRATEGIES = ("confidence", "margin", "entropy")
 AMBIGUOUS, MISLABELED = "ambiguous", "likely_mislabeled"
@@ -109,20 +111,22 @@ class MineResult:
 def mine(predictor: Predictor, data: str | os.PathLike | ExampleSet, output_file: str | os.PathLike | None = None,
          *, confidence_threshold: float = 0.6, strategy: str = "confidence", top_k: int | None = None,
          mislabel_confidence: float | None = 0.9, split: str = "all", batch_size: int = 16,
-         overwrite: bool = False, progress: bool = False) -> MineResult:
+         overwrite: bool = False, progress: bool = False, translator: Translator | None = None) -> MineResult:
     """Score `data` (a `velora convert` dataset, every split by default, or a CSV/JSONL) and list the rows to
-    review; with `output_file`, write them as a CSV (and any embedded images beside it, see `write_csv`)."""
+    review; with `output_file`, write them as a CSV (and any embedded images beside it, see `write_csv`).
+    With a `translator` (velora.translate), non-English texts are scored in English and the CSV shows both
+    (premise_original, hypothesis_original, translated_by)."""
     check_settings(confidence_threshold, strategy, top_k, mislabel_confidence)
     output = Path(output_file) if output_file is not None else None
     if output is not None:
         check_output(output, overwrite)
-    examples = data if isinstance(data, ExampleSet) else load_examples(data, split)
+    examples = data if isinstance(data, ExampleSet) else load_examples(data, split, translator=translator)
     labels = examples.labels
     probs = score_examples(predictor, examples, batch_size=batch_size, progress=progress, desc="mine")
     picked = select_hard(probs, labels, confidence_threshold=confidence_threshold, strategy=strategy,
                          top_k=top_k, mislabel_confidence=mislabel_confidence)
     result = MineResult(examples.source, len(examples), confidence_threshold, mislabel_confidence,
-                        note=examples.dropped_summary())
+                        note=examples.notes(translated=translator is not None))
     records = [examples.rows(i, i + 1) for i, _ in picked]
     result.rows = [_row_values(record, labels[i], flag, probs[i], i) for record, (i, flag) in zip(records, picked)]
     if output is not None:
@@ -153,6 +157,8 @@ def _row_values(record: dict[str, list], label: str, flag: str, probs: torch.Ten
     }
     if "split" in record:
         values["split"] = record["split"][0]
+    if (record.get("translated_by") or [""])[0]:  # --translate: what the user wrote, beside what was scored
+        values.update({name: record[name][0] for name in TRANSLATION_COLUMNS})  # convert reads them back
     for key, value in metadata_of(record, 0).items():  # the input's extra columns, never shadowing ours
         values[f"original_{key}" if key in values or key in COLUMNS else key] = value
     return values

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from velora.cli.options import input_options
+from velora.cli.options import input_options, open_translator, translate_options
 from velora.convert import convert, validate
 
 
@@ -19,23 +19,32 @@ from velora.convert import convert, validate
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the train/validation split.")
 @click.option("--strict", is_flag=True, help="Write nothing and exit with code 2 if any row would be dropped.")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset already in --output_dir.")
-def convert_command(source, checks, output_dir, val_ratio, seed, strict, overwrite):
+@translate_options
+def convert_command(source, checks, output_dir, val_ratio, seed, strict, overwrite, translate):
     """Check a CSV/JSONL of image-text pairs and write a Hugging Face dataset (train + validation).
 
     Every row is kept or dropped with a reason (line, field, what to fix) in
     OUTPUT_DIR/conversion_report.json. Relative image paths start from the CSV's folder (or --image_root), and
     images outside it are refused unless --allow_outside_paths; each image is fully decoded within the limits and
     its original bytes are embedded, so OUTPUT_DIR is self-contained. No image is in both splits; the validation
-    split has the label mix of the whole.
+    split has the label mix of the whole. With --translate, Chinese premises and hypotheses are written in English,
+    the originals kept in premise_original / hypothesis_original (docs/chinese.md).
 
     \b
     Examples:
       velora convert --csv_path ./data/my_ve_data.csv --output_dir ./data/hf_dataset
       velora convert --input data/pairs.jsonl --output_dir data/hf_dataset --val_ratio 0.1 --num_proc 4
       velora convert --input snli_ve_dev.jsonl --image_root flickr30k_images --output_dir snli_ve_dev --strict
+      velora convert --csv_path data/zh.csv --output_dir data/hf_dataset --translate ./opus-mt-zh-en \
+          --glossary terms.csv
     """
-    report = convert(source, output_dir, val_ratio=val_ratio, seed=seed, strict=strict, overwrite=overwrite,
-                     **checks)
+    translator = open_translator(translate)
+    try:
+        report = convert(source, output_dir, val_ratio=val_ratio, seed=seed, strict=strict, overwrite=overwrite,
+                         translator=translator, **checks)
+    finally:
+        if translator is not None:
+            translator.close()
     click.echo(report.summary())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from velora.cli.options import model_options
+from velora.cli.options import model_options, open_translator, translate_options
 from velora.export import OPSET, export_onnx
 from velora.merge import merge_lora
 from velora.serve import ServeSettings, parse_adapter_specs
@@ -109,22 +109,30 @@ def export_onnx_command(model_path, base_model, output, quantize, eval_file, spl
               help="Open connections or requests in progress before new requests get 503 (0: no cap).")
 @click.option("--log_level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="One line per request at info.")
+@translate_options
 def serve_command(model, adapters, host, port, api_key, max_batch_size, max_wait_ms, max_upload_mb, header_timeout,
-                  body_timeout, keep_alive_timeout, limit_concurrency, log_level):
+                  body_timeout, keep_alive_timeout, limit_concurrency, log_level, translate):
     """Serve the model over HTTP: POST /check, a web page at /, /metrics, API docs at /docs.
+
+    With --translate, Chinese premises and hypotheses are translated before scoring and each answer's
+    `translation` carries the English texts scored; without it, such a request's answer carries `warnings`.
 
     \b
     Examples:
       velora serve --model_path ./lora_finetuned
       velora serve --model_path ./lora_finetuned --adapter strict=./lora_strict --api_key s3cret
+      velora serve --model_path ./lora_finetuned --translate ./opus-mt-zh-en --glossary terms.csv
       curl -F image=@data/test_product.jpg -F premise="A coffee maker on a counter" \\
           -F hypothesis="This appliance brews hot beverages" http://127.0.0.1:8000/check
     """
     settings = ServeSettings(**model, adapters=parse_adapter_specs(adapters), api_key=api_key,
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb,
                              header_timeout=header_timeout, body_timeout=body_timeout,
-                             keep_alive_timeout=keep_alive_timeout, limit_concurrency=limit_concurrency or None)
+                             keep_alive_timeout=keep_alive_timeout, limit_concurrency=limit_concurrency or None,
+                             **translate)
     settings.check_paths()
+    if settings.translate:  # a wrong back-end, glossary or cache fails now, before the model loads
+        open_translator(translate, model["device"], progress=False).close()
     ensure_port_free(host, port)
     click.echo(f"Loading {settings.model_path} ...", err=True)
     predictor = load_predictor(settings)

@@ -10,9 +10,15 @@ from typing import Callable
 import click
 
 from velora.bundle import ModelBundle
+from velora.convert.issues import printable
 from velora.hub import DEFAULT_MODEL_ID
 from velora.images import ImageLimits
 from velora.predictor import Predictor
+from velora.data import ExampleSet, load_examples
+from velora.errors import VeloraError
+from velora.translate import ScoredTexts, Translator, non_english_warning, translate_pairs, translator_for
+from velora.translate.command import DEFAULT_TIMEOUT
+from velora.translate.detect import DETECTORS
 
 
 def model_options(f: Callable) -> Callable:
@@ -111,3 +117,82 @@ def pick_input(input_arg: str | None, input_path: str | None) -> str:
     if not (input_arg or input_path):
         raise click.UsageError("give the input file: --csv_path data/my_ve_data.csv (or INPUT)")
     return input_arg or input_path
+
+
+def translate_options(f: Callable) -> Callable:
+    """--translate and its settings, for every command that reads premises and hypotheses (convert, predict, eval,
+    mine, serve); the command receives them as one `translate` dict (see open_translator)."""
+    options = [
+        click.option("--translate", "translate", default=None, metavar="BACKEND",
+                     help="Translate Chinese (non-English) premises and hypotheses to English first, originals kept: "
+                          "a local translation model folder (e.g. ./opus-mt-zh-en), deepl (key in DEEPL_AUTH_KEY) "
+                          "or command:CMD (one line in, one line out). See docs/chinese.md."),
+        click.option("--glossary", type=click.Path(dir_okay=False), default=None,
+                     help="CSV of domain terms (source term, English term): put in before translating, checked "
+                          "after; rows that lose a term are flagged."),
+        click.option("--translation_cache", default=None, metavar="PATH|off",
+                     help="SQLite file of the translations made so far, so nothing is translated twice [default: "
+                          "$VELORA_CACHE_DIR or ~/.cache/velora/translations.sqlite3]."),
+        click.option("--translate_detect", type=click.Choice(list(DETECTORS)), default="cjk", show_default=True,
+                     help="Which texts are translated: cjk (Chinese/Japanese/Korean script), non_latin (any "
+                          "non-Latin letter), all (every text; for Latin-script languages)."),
+        click.option("--translate_timeout", type=click.FloatRange(0, min_open=True), default=DEFAULT_TIMEOUT,
+                     show_default=True, help="Seconds a command:CMD back-end may take for one batch of lines."),
+    ]
+
+    @functools.wraps(f)
+    def command(*args, translate, glossary, translation_cache, translate_detect, translate_timeout, **kwargs):
+        if not translate and (glossary or translation_cache):
+            raise click.UsageError(f"{'--glossary' if glossary else '--translation_cache'} works with --translate "
+                                   "BACKEND; add it, e.g. --translate ./opus-mt-zh-en")
+        settings = dict(translate=translate, glossary=glossary, translation_cache=translation_cache,
+                        translate_detect=translate_detect, translate_timeout=translate_timeout)
+        return f(*args, translate=settings, **kwargs)
+
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def open_translator(translate: dict, device: str = "auto", progress: bool = True) -> Translator | None:
+    """The Translator the `translate` options ask for (None without --translate), checked now; a model's weights
+    load on `device` (the model's --device) when a text first needs them."""
+    return translator_for(translate, device, progress)
+
+
+def warn(message: str | None) -> None:
+    """A warning on stderr (so that --json output on stdout stays clean)."""
+    if message:
+        click.echo(f"Warning: {printable(message)}", err=True)
+
+
+def texts_to_score(translate: dict, device: str, premises: list[str | None], hypotheses: list[str]
+                   ) -> list[ScoredTexts]:
+    """The pairs as the model will score them: translated with --translate; else as given, with a warning on
+    stderr when they hold Chinese text. A translation that came back empty is a one-line error."""
+    translator = open_translator(translate, device, progress=False)
+    if translator is None:
+        warn(non_english_warning(premises, hypotheses))
+        return translate_pairs(None, premises, hypotheses)
+    try:
+        pairs = translate_pairs(translator, premises, hypotheses)
+    finally:
+        translator.close()
+    failed = next((p.error for p in pairs if p.error), None)
+    if failed:
+        raise VeloraError(f"--translate: {failed}")
+    return pairs
+
+
+def examples_to_score(path: str, split: str, translate: dict, device: str) -> ExampleSet:
+    """Labelled examples (velora.data.load_examples): translated with --translate; else as they are, with a warning
+    on stderr when they hold Chinese text."""
+    translator = open_translator(translate, device)
+    try:
+        examples = load_examples(path, split, translator=translator)
+    finally:
+        if translator is not None:
+            translator.close()
+    if translator is None:
+        warn(examples.non_english_warning())
+    return examples

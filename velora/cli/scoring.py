@@ -9,7 +9,8 @@ import click
 from click.core import ParameterSource
 
 from velora.bundle import ModelBundle
-from velora.cli.options import image_options, load_predictor, model_options, resolve_bundle
+from velora.cli.options import (examples_to_score, image_options, load_predictor, model_options, open_translator,
+                                resolve_bundle, texts_to_score, translate_options)
 from velora.errors import VeloraError
 from velora.evaluate import check_output_paths, evaluate
 from velora.images import load_image
@@ -76,8 +77,9 @@ def _check_mode(ctx: click.Context) -> bool:
               help="Processes reading and decoding images beside the model [default: 1 on CPU, up to 8 per GPU].")
 @click.option("--overwrite", is_flag=True,
               help="Replace --output_file if it exists, and discard another run's unfinished progress.")
+@translate_options
 def predict_command(model, image, premise, hypothesis, compare_base, as_json, input_file, output_file, images,
-                    batch_size, chunk_size, num_workers, overwrite):
+                    batch_size, chunk_size, num_workers, overwrite, translate):
     """Say whether IMAGE (+ PREMISE) entails, contradicts or is neutral to HYPOTHESIS; or score every row of a
     file.
 
@@ -97,21 +99,26 @@ def predict_command(model, image, premise, hypothesis, compare_base, as_json, in
     """
     bundle = resolve_bundle(model)
     if _check_mode(click.get_current_context()):
+        if translate["translate"]:  # the bulk path's hook: velora.translate.translate_pairs per chunk of rows
+            raise click.UsageError("--translate works with --image for now, not yet with --input_file: convert the "
+                                   "file with `velora convert --translate` first, or translate its columns")
         result = predict_file(bundle, input_file, output_file, device=model["device"], dtype=model["dtype"],
                               **images, batch_size=batch_size, chunk_size=chunk_size, num_workers=num_workers,
                               overwrite=overwrite, progress=True)
         if result is not None:  # rank 0 reports
             click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
         return
-    check_texts(bundle, premise, hypothesis)
+    (texts,) = texts_to_score(translate, model["device"], [premise], [hypothesis])
+    check_texts(bundle, texts.premise, texts.hypothesis)
     pixels = load_image(image)
     predictor = load_predictor(model, bundle)
-    result = predict(predictor, pixels, premise, hypothesis, compare_base=compare_base, name=image)
+    result = predict(predictor, pixels, texts.premise, texts.hypothesis, compare_base=compare_base, name=image)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        click.echo(json.dumps({**result.to_dict(), **(texts.to_dict() if texts.translated else {})}, indent=2,
+                              ensure_ascii=False))
     else:
         click.echo(f"Model: {predictor.description}")
-        click.echo(result.to_text())
+        click.echo("\n".join(filter(None, [result.to_text(), texts.to_text()])))
 
 
 @click.command("eval")
@@ -127,7 +134,9 @@ def predict_command(model, image, premise, hypothesis, compare_base, as_json, in
               help="Also score with the adapter switched off; show base, tuned and the deltas.")
 @click.option("--batch_size", type=click.IntRange(1, 1024), default=16, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace report files that already exist.")
-def eval_command(model, test_file, split, output_report, output_json, plot, compare_base, batch_size, overwrite):
+@translate_options
+def eval_command(model, test_file, split, output_report, output_json, plot, compare_base, batch_size, overwrite,
+                 translate):
     """Accuracy, per-class precision / recall / F1 and the confusion matrix on a labelled test set.
 
     \b
@@ -138,9 +147,9 @@ def eval_command(model, test_file, split, output_report, output_json, plot, comp
           --output_json eval.json --plot confusion.png
     """
     check_output_paths(output_report, output_json, plot, overwrite)
+    examples = examples_to_score(test_file, split, translate, model["device"])
     predictor = load_predictor(model)
-    result = evaluate(predictor, test_file, split=split, compare_base=compare_base, batch_size=batch_size,
-                      progress=True)
+    result = evaluate(predictor, examples, compare_base=compare_base, batch_size=batch_size, progress=True)
     click.echo(result.to_text())
     for path, save in ((output_report, result.save_text), (output_json, result.save_json), (plot, result.plot)):
         if path:
@@ -166,8 +175,9 @@ def eval_command(model, test_file, split, output_report, output_json, plot, comp
 @click.option("--split", default="all", show_default=True, help="Split of a converted dataset: all, train, validation.")
 @click.option("--batch_size", type=click.IntRange(1, 1024), default=16, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace --output_file if it exists.")
+@translate_options
 def mine_command(model, data_dir, output_file, confidence_threshold, mislabel_confidence, no_mislabeled, strategy,
-                 top_k, split, batch_size, overwrite):
+                 top_k, split, batch_size, overwrite, translate):
     """Find the examples worth a second look: low confidence (ambiguous) or confidently contradicting their label
     (likely_mislabeled).
 
@@ -185,8 +195,13 @@ def mine_command(model, data_dir, output_file, confidence_threshold, mislabel_co
     mislabel = None if no_mislabeled else mislabel_confidence
     check_settings(confidence_threshold, strategy, top_k, mislabel)
     check_output(Path(output_file), overwrite)
+    translator = open_translator(translate, model["device"])
     predictor = load_predictor(model)
-    result = mine(predictor, data_dir, output_file, confidence_threshold=confidence_threshold, strategy=strategy,
-                  top_k=top_k, mislabel_confidence=mislabel, split=split, batch_size=batch_size,
-                  overwrite=overwrite, progress=True)
+    try:
+        result = mine(predictor, data_dir, output_file, confidence_threshold=confidence_threshold, strategy=strategy,
+                      top_k=top_k, mislabel_confidence=mislabel, split=split, batch_size=batch_size,
+                      overwrite=overwrite, progress=True, translator=translator)
+    finally:
+        if translator is not None:
+            translator.close()
     click.echo(result.summary())

@@ -22,7 +22,7 @@ from velora.convert.quality import find_conflicts, find_duplicates, quality_warn
 from velora.convert.reading import InputTable, read_input
 from velora.convert.report import ConversionReport, label_counts
 from velora.convert.rows import Record, parse_row
-from velora.convert.translation import translate_records
+from velora.convert.translation import take_originals, translate_records
 from velora.errors import VeloraError
 from velora.images import DEFAULT_LIMITS, ImageLimits
 
@@ -107,6 +107,7 @@ def check_input(
     root, cwd = _image_bases(table, image_root)
 
     parsed = [parse_row(raw) for raw in table.rows if not isinstance(raw, RowIssue)]
+    take_originals([record for record, _ in parsed])  # a CSV from `velora mine` of translated rows
     dropped = [raw for raw in table.rows if isinstance(raw, RowIssue)]
     wanted = [r.image_path for r, issues in parsed if r.image_path and _image_ok(issues)]
     checks = check_images(wanted, root=root, cwd=cwd, snli=table.format == "snli-ve", limits=limits,

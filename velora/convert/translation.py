@@ -15,6 +15,20 @@ from velora.convert.rows import Record
 if TYPE_CHECKING:
     from velora.translate import Translator
 
+COLUMNS = ("premise_original", "hypothesis_original", "translated_by")  # beside premise / hypothesis, in datasets
+# and in the CSVs velora writes (`velora mine`)
+
+
+def take_originals(records: list[Record]) -> None:
+    """Rows of a CSV velora wrote (`velora mine`, reviewed) carry the originals of translated texts in COLUMNS:
+    they go back where convert keeps them, not into `metadata`, so a round trip keeps what the user wrote."""
+    for record in records:
+        values = {name: record.metadata.pop(name) for name in COLUMNS if name in record.metadata}
+        if values.get("translated_by"):
+            record.premise_original = str(values.get("premise_original") or "")
+            record.hypothesis_original = str(values.get("hypothesis_original") or "")
+            record.translated_by = str(values["translated_by"])
+
 
 def _issues(record: Record, name: str, result: Any) -> tuple[list[RowIssue], list[RowIssue]]:
     """(dropping issues, flags) of one translated text."""
@@ -33,15 +47,16 @@ def translate_records(records: list[Record], translator: "Translator"
     results = translator.translate([r.premise for r in records] + [r.hypothesis for r in records])
     kept, dropped, flagged = [], [], []
     for record, premise, hypothesis in zip(records, results[:n], results[n:]):
-        record.premise_original, record.hypothesis_original = record.premise, record.hypothesis
-        record.premise, record.hypothesis = premise.text, hypothesis.text
-        if premise.translated or hypothesis.translated:
-            record.translated_by = translator.name
         row_dropped, row_flagged = [], []
         for name, result in (("premise", premise), ("hypothesis", hypothesis)):
+            if result.translated or getattr(record, f"{name}_original") is None:
+                setattr(record, f"{name}_original", result.original)
+            setattr(record, name, result.text)
             drop, flag = _issues(record, name, result)
             row_dropped += drop
             row_flagged += flag
+        if premise.translated or hypothesis.translated:
+            record.translated_by = translator.name
         dropped += row_dropped
         if not row_dropped:
             kept.append(record)

@@ -69,8 +69,15 @@ class HFBackend:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.source)
-            self.model = AutoModelForSeq2SeqLM.from_pretrained(self.source).to(self.device).eval()
+            try:  # a hub id: the Hugging Face cache first, so that an offline machine does not wait on the network
+                self.tokenizer = AutoTokenizer.from_pretrained(self.source, local_files_only=True)
+                self.model = AutoModelForSeq2SeqLM.from_pretrained(self.source, local_files_only=True)
+            except OSError:
+                if Path(self.source).expanduser().is_dir():
+                    raise
+                self.tokenizer = AutoTokenizer.from_pretrained(self.source)
+                self.model = AutoModelForSeq2SeqLM.from_pretrained(self.source)
+            self.model = self.model.to(self.device).eval()
         except ImportError as e:
             raise VeloraError(f"{self.flag}: its tokenizer needs a package that is not installed: {INSTALL} "
                               f"({first_line(e)})") from None
