@@ -15,7 +15,6 @@ plan and a final barrier, over torch.distributed's gloo backend.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import sys
@@ -180,11 +179,10 @@ def _score_batch(predictor: Predictor, processor: OFAProcessor, batch: PreparedB
 
 def _loader(job: Job, chunk_ids: list[int], processor: OFAProcessor, batch_size: int, workers: int) -> DataLoader:
     dataset = PreparedRows(job.plan, chunk_ids, processor, job.images, batch_size)
-    # workers start with forkserver, never fork: this process may hold threads (gloo, tqdm's monitor); the server
-    # imports the worker code once and forks each worker from itself
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([PreparedRows.__module__])
-    extra = dict(multiprocessing_context=context, prefetch_factor=2) if workers else {}
+    # Workers are spawned: never forked (this process may hold threads: gloo's, tqdm's), and this process's own
+    # children, so that DataLoader's watchdog (which watches the parent) ends them when a kill -9 ends it (a
+    # forkserver's children would outlive it: the server waits for them, they wait for the server).
+    extra = dict(multiprocessing_context="spawn", prefetch_factor=2) if workers else {}
     return DataLoader(dataset, batch_size=None, collate_fn=keep, num_workers=workers, **extra)
 
 

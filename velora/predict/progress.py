@@ -133,6 +133,7 @@ def open_progress(output: Path, identity: dict, overwrite: bool) -> tuple[Progre
 
     Returns (the folder, its finished chunks). Refused: a folder velora did not write; another run's folder
     without `overwrite`."""
+    identity = json.loads(json.dumps(identity))  # as state.json holds it (tuples are lists there)
     progress = Progress(progress_folder(output))
     if not progress.folder.exists():
         progress.start_fresh(identity)
@@ -146,8 +147,8 @@ def open_progress(output: Path, identity: dict, overwrite: bool) -> tuple[Progre
     if state is not None and {k: state.get(k) for k in identity} != identity:
         if not overwrite:
             changed = ", ".join(_differences(state, identity))
-            raise VeloraError(f"{progress.folder} holds an unfinished run with {changed}; rerun the command that "
-                              "started it to finish it, or pass --overwrite to start over")
+            raise VeloraError(f"{progress.folder} holds an unfinished run that differs ({changed}); rerun the "
+                              "command that started it to finish it, or pass --overwrite to start over")
         progress.lock()
         progress.unlock()
         shutil.rmtree(progress.folder)
