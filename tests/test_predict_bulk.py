@@ -19,6 +19,7 @@ from velora.convert.reading import open_input
 from velora.errors import VeloraError
 from velora.labels import LABELS
 from velora.predict import predict_file
+from velora.predict.progress import Progress, progress_folder
 from velora.predictor import Predictor
 
 PREDICTIONS = ["predicted_label", "confidence", *(f"prob_{label}" for label in LABELS), "error"]
@@ -149,6 +150,25 @@ def test_jsonl_keys_become_typed_parquet_columns(predictor, tmp_path):
     assert [out.schema.field(c).type for c in ("n", "score", "tags", "late")] == [
         pa.int64(), pa.float64(), pa.string(), pa.bool_()]
     assert out.column("tags").to_pylist() == ['["x"]', None] and out.column("late").to_pylist() == [None, True]
+
+
+def test_a_run_stopped_after_its_output_appeared_finishes_and_one_run_at_a_time(predictor, tmp_path, monkeypatch):
+    source = write_labelled_csv(tmp_path, rows=5, images=2)
+    output = tmp_path / "preds.csv"
+    with monkeypatch.context() as m:  # killed after the rename, before the progress folder was removed
+        m.setattr("velora.predict.progress.shutil.rmtree", lambda *args, **kwargs: None)
+        score(predictor, source, output, chunk_size=2)
+    first = output.read_bytes()
+    assert (tmp_path / "preds.csv.progress").is_dir()
+    again = score(predictor, source, output, chunk_size=2)  # no --overwrite needed: the file is this run's
+    assert output.read_bytes() == first and again.rows == 5 and again.resumed_chunks == 3
+    assert not (tmp_path / "preds.csv.progress").exists()
+
+    holder = Progress(progress_folder(tmp_path / "other.csv"))
+    holder.start_fresh({"input": {}, "settings": {}})  # another run holds this output's folder
+    with pytest.raises(VeloraError, match="another velora predict is writing this output now"):
+        score(predictor, source, tmp_path / "other.csv", overwrite=True)
+    holder.unlock()
 
 
 def test_cli_summary_and_refusals(tiny_model_dir, tmp_path):

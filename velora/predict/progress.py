@@ -141,7 +141,7 @@ def open_progress(output: Path, identity: dict, overwrite: bool) -> tuple[Progre
     if not progress.folder.is_dir():
         raise VeloraError(f"{progress.folder}: is a file; velora predict keeps its progress there: move it away")
     state = progress.state
-    if state is None and any(name != LOCK for name in os.listdir(progress.folder)):
+    if state is None and any(name != LOCK and not name.startswith(".") for name in os.listdir(progress.folder)):
         raise VeloraError(f"{progress.folder}: not a progress folder of velora predict (no valid {STATE}); move it "
                           "away or choose another --output_file")
     if state is not None and {k: state.get(k) for k in identity} != identity:
@@ -152,7 +152,7 @@ def open_progress(output: Path, identity: dict, overwrite: bool) -> tuple[Progre
         progress.lock()
         progress.unlock()
         shutil.rmtree(progress.folder)
-    if state is None or not progress.folder.exists():
+    if state is None or not progress.folder.exists():  # new, removed above, or killed before state.json was whole
         progress.start_fresh(identity)
         return progress, set()
     progress.lock()
