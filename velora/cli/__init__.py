@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("velora.cli.scoring", "predict_command", "one image + premise + hypothesis"),
     "eval": ("velora.cli.scoring", "eval_command", "metrics on a labelled test set"),
     "mine": ("velora.cli.scoring", "mine_command", "low-confidence / likely-mislabelled examples"),
+    "review": ("velora.cli.review", "review_command", "review examples on a web page; --apply writes the result"),
     "merge": ("velora.cli.deploy", "merge_command", "fold LoRA into the base weights"),
     "export": ("velora.cli.deploy", "export_group", "ONNX export"),
     "serve": ("velora.cli.deploy", "serve_command", "HTTP service + web page"),

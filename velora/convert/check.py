@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from velora.convert.image_checks import ImageCheck, check_images
-from velora.convert.issues import RowIssue
+from velora.convert.issues import QualityWarning, RowIssue
 from velora.convert.quality import find_conflicts, find_duplicates, quality_warnings
 from velora.convert.reading import InputTable, read_input
 from velora.convert.report import ConversionReport, label_counts
@@ -28,6 +28,11 @@ from velora.images import DEFAULT_LIMITS, ImageLimits
 
 if TYPE_CHECKING:
     from velora.translate import Translator
+
+
+# The columns `velora mine` adds to a row: scores of one model at one time, not data to train on.
+MINED_SCORE_COLUMNS = ("flag", "predicted_label", "confidence", "margin", "entropy", "prob_entailment",
+                       "prob_contradiction", "prob_neutral", "mined_from")
 
 
 @dataclass
@@ -82,6 +87,19 @@ def _apply_image_checks(parsed: list[tuple[Record, list[RowIssue]]], checks: dic
     return good, flagged
 
 
+def _drop_mined_scores(parsed: list[tuple[Record, list[RowIssue]]], columns: list[str]) -> list[QualityWarning]:
+    """A CSV written by `velora mine` (or reviewed): its scores are not data, so they are left out of `metadata`,
+    with a note; `source_row` and `split` stay, saying where each row came from."""
+    scores = [c for c in columns if c in MINED_SCORE_COLUMNS]
+    if "flag" not in scores:
+        return []
+    for record, _ in parsed:
+        for name in scores:
+            record.metadata.pop(name, None)
+    return [QualityWarning("mined_columns", f"the columns `velora mine` adds ({', '.join(scores)}) are scores, "
+                                            "not data: left out (the rows' source_row and split are kept)")]
+
+
 def check_input(
     input_path: str | os.PathLike,
     *,
@@ -108,11 +126,13 @@ def check_input(
 
     parsed = [parse_row(raw) for raw in table.rows if not isinstance(raw, RowIssue)]
     take_originals([record for record, _ in parsed])  # a CSV from `velora mine` of translated rows
+    mined = _drop_mined_scores(parsed, table.metadata_columns)
     dropped = [raw for raw in table.rows if isinstance(raw, RowIssue)]
     wanted = [r.image_path for r, issues in parsed if r.image_path and _image_ok(issues)]
     checks = check_images(wanted, root=root, cwd=cwd, snli=table.format == "snli-ve", limits=limits,
                           allow_outside=allow_outside_paths, num_proc=num_proc, progress=progress)
     good, flagged = _apply_image_checks(parsed, checks, dropped)
+    flagged.extend(table.notes)
     translation = None
     if translator is not None:
         good, lost, flags, translation = translate_records(good, translator)
@@ -135,7 +155,7 @@ def check_input(
         labels=label_counts(records),
         dropped=sorted(dropped, key=lambda i: i.line),
         flagged=sorted(flagged, key=lambda i: i.line),
-        warnings=quality_warnings(records),
+        warnings=quality_warnings(records) + mined,
         settings={"image_root": str(root), "allow_outside_paths": allow_outside_paths,
                   "max_pixels": limits.max_pixels, "max_side": limits.max_side, "max_image_bytes": limits.max_bytes},
         translation=translation,

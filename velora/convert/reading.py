@@ -17,7 +17,7 @@ import io
 import itertools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -25,12 +25,14 @@ from velora.convert.columns import FIELDS, RawRow, check_header, field_of, is_sn
 from velora.convert.issues import RowIssue, clip
 from velora.convert.spreadsheet import restore
 from velora.errors import VeloraError
+from velora.labels import normalize_label
 
 # Characters one CSV field may hold while parsing (Python's default, 131,072, is only a long paragraph); a longer
 # field is what an unmatched double quote produces. Long values are dropped row by row (velora.convert.rows).
 CSV_FIELD_LIMIT = 16 * 1024 * 1024
 MAX_LINE_BYTES = CSV_FIELD_LIMIT  # of one JSONL line: a longer one is reported, never held in memory
 PARQUET_BATCH_ROWS = 1024  # rows decoded from a Parquet file at a time
+MINED_FLAGS = ("ambiguous", "likely_mislabeled")  # velora.mine's flags
 
 
 @contextlib.contextmanager
@@ -50,6 +52,7 @@ class InputTable:
     metadata_columns: list[str]
     rows: list[RawRow | RowIssue]
     blank_lines: int = 0
+    notes: list[RowIssue] = field(default_factory=list)  # rows kept, with something worth saying (mined_columns)
 
 
 class InputReader:
@@ -64,6 +67,7 @@ class InputReader:
         self.columns: list[str] = []  # as found (the CSV header, every JSONL key seen, the Parquet schema)
         self.names: list[str] = []  # the keys of each record, in column order
         self.blank_lines = 0
+        self.notes: list[RowIssue] = []
         self._mapping: tuple[dict[str, int], dict[str, int]] | None = None  # of `names`, when fixed by a header
 
     def records(self) -> Iterator[tuple[int, dict[str, Any]] | RowIssue]:
@@ -173,7 +177,7 @@ class CsvReader(InputReader):
         needed = width
         while needed > max(fields.values(), default=-1) + 1 and not header[needed - 1].strip():
             needed -= 1
-        self.blank_lines = 0
+        self.blank_lines, self.notes = 0, []
         previous_end = reader.line_num
         while True:
             start = previous_end + 1
@@ -189,6 +193,10 @@ class CsvReader(InputReader):
             if not any(cell.strip() for cell in row):
                 self.blank_lines += 1
                 continue
+            if len(row) > width and _mined_tail(row[width:]):
+                self.notes.append(RowIssue(start, "row", "mined_columns", f"{len(row) - width} extra fields of a "
+                                           "`velora mine` row (its scores) ignored", value=clip(",".join(row))))
+                row = row[:width]
             if len(row) > width or len(row) < needed:
                 spans = f" (the record runs from line {start} to {end}: an unmatched double quote?)" if end > start \
                     else ""
@@ -199,6 +207,12 @@ class CsvReader(InputReader):
                 continue
             row = [restore(cell) for cell in row] + [""] * (width - len(row))
             yield start, dict(zip(self.names, row))
+
+
+def _mined_tail(extra: list[str]) -> bool:
+    """Whether fields beyond the header are what `velora mine` adds after the label (a flag, the predicted label,
+    scores): a mined row appended to a training CSV, not text with an unquoted comma."""
+    return len(extra) >= 2 and extra[0].strip() in MINED_FLAGS and normalize_label(extra[1]) is not None
 
 
 # --- JSON Lines --------------------------------------------------------------------------------------------------
@@ -330,7 +344,8 @@ def open_input(path: str | os.PathLike, required: Sequence[str] = FIELDS) -> Inp
 
 def _table(reader: InputReader) -> InputTable:
     rows = list(reader)
-    return InputTable(reader.path, reader.format, reader.columns, reader.metadata_columns, rows, reader.blank_lines)
+    return InputTable(reader.path, reader.format, reader.columns, reader.metadata_columns, rows, reader.blank_lines,
+                      reader.notes)
 
 
 def read_csv(path: Path) -> InputTable:

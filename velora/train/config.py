@@ -70,9 +70,11 @@ class TrainConfig(TrainingArguments):
     image_size: int | None = field(default=None, metadata={
         "help": "Image size in px (default: the model's configuration.json, else 480). Smaller is faster."})
     # -- data ----------------------------------------------------------------------------------------------------
-    dataset_name: str | None = field(default=None, metadata={"help": "Dataset directory made by `velora convert`."})
+    dataset_name: str | None = field(default=None, metadata={
+        "help": "Dataset directory made by `velora convert`; several as A,B (a later one wins on a duplicate row)."})
     train_file: str | None = field(default=None, metadata={
-        "help": "CSV/JSONL (image_path,premise,hypothesis,label) converted now into OUTPUT_DIR/dataset."})
+        "help": "CSV/JSONL (image_path,premise,hypothesis,label) converted now into OUTPUT_DIR/dataset; several as "
+                "A,B."})
     image_root: str | None = field(default=None, metadata={"help": "Image folder for --train_file paths."})
     val_ratio: float = field(default=0.2, metadata={"help": "Validation share when converting --train_file."})
     class_weights: str = field(default="none", metadata={
@@ -128,6 +130,8 @@ class TrainConfig(TrainingArguments):
             raise VeloraError("--dataset_name and --train_file are mutually exclusive")
         self.learning_rate = LearningRate(self.learning_rate)
         self.lora_target_modules = _comma_list(self.lora_target_modules)
+        self.dataset_name = _comma_list(self.dataset_name) or None if self.dataset_name else None
+        self.train_file = _comma_list(self.train_file) or None if self.train_file else None
         if self.eval_steps is None:  # evaluate where checkpoints are saved, so the best one can be kept
             self.eval_steps = self.save_steps
         cuda = torch.cuda.is_available()
@@ -146,6 +150,12 @@ class TrainConfig(TrainingArguments):
     @property
     def effective_batch(self) -> int:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
+
+    @property
+    def data_sources(self) -> list[str]:
+        """--dataset_name's folders, or --train_file's files, in order (a later one wins on a duplicate row)."""
+        return (self.dataset_name or self.train_file or "").split(",") if (self.dataset_name or self.train_file) \
+            else []
 
     @property
     def target_modules(self) -> list[str]:
@@ -206,8 +216,12 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise VeloraError(f"--config {path}: expected a JSON object of settings")
     values = _canonical_keys(values, f"--config {path}")
     for key in DATA_PATH_KEYS:
-        if isinstance(values.get(key), str):
-            values[key] = _resolve_data_path(values[key], path)
+        value = values.get(key)
+        if isinstance(value, str) and key == "image_root":
+            values[key] = _resolve_data_path(value, path)
+        elif isinstance(value, (str, list)):  # one path, "a,b", or ["a", "b"]
+            values[key] = ",".join(_resolve_data_path(str(item).strip(), path)
+                                   for item in (value.split(",") if isinstance(value, str) else value))
     return values
 
 

@@ -73,10 +73,21 @@ class ImageStore:
 
 
 class VEDataset(torch.utils.data.Dataset):
-    """(prompt token ids, image index, label index) per example."""
+    """(prompt token ids, image index, label index) per example; `keys` tells duplicates apart across sources."""
 
-    def __init__(self, prompts: list[list[int]], images: list[int], labels: list[int]):
+    def __init__(self, prompts: list[list[int]], images: list[int], labels: list[int],
+                 keys: list[tuple] | None = None):
         self.prompts, self.images, self.labels = prompts, images, labels
+        self.keys = keys if keys is not None else [()] * len(prompts)  # (image content, premise, hypothesis)
+
+    def subset(self, rows: list[int]) -> "VEDataset":
+        return VEDataset([self.prompts[i] for i in rows], [self.images[i] for i in rows],
+                         [self.labels[i] for i in rows], [self.keys[i] for i in rows])
+
+    @classmethod
+    def joined(cls, parts: list["VEDataset"]) -> "VEDataset":
+        return cls([p for d in parts for p in d.prompts], [i for d in parts for i in d.images],
+                   [label for d in parts for label in d.labels], [k for d in parts for k in d.keys])
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -110,6 +121,7 @@ class TrainingData:
     store: ImageStore
     source: str
     fingerprint: str  # of every row's image content, texts and label: the same data gives the same fingerprint
+    note: str | None = None  # what combining several sources did (duplicates removed, labels overridden)
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Rows per label of each split."""
@@ -133,7 +145,7 @@ def index_split(split, split_name: str, store: ImageStore, seen: dict[str, int],
     split = split.cast_column("image", Image(decode=False))
     store.splits[split_name] = split.select_columns(["image"])
     to_label = _label_map(split, split_name)
-    prompts, images, labels = [], [], []
+    prompts, images, labels, keys = [], [], [], []
     for start in range(0, len(split), READ_ROWS):
         rows = split[start:start + READ_ROWS]
         premises = rows.get("premise") or [None] * len(rows["image"])
@@ -150,18 +162,54 @@ def index_split(split, split_name: str, store: ImageStore, seen: dict[str, int],
                 raise VeloraError(f"{split_name} split, row {row}: {e}") from None
             images.append(seen[key])
             labels.append(to_label[label])
+            keys.append((key, premise or "", hypothesis))
             digest.update(repr((split_name, key, premise, hypothesis, LABELS[labels[-1]])).encode("utf-8"))
-    return VEDataset(prompts, images, labels)
+    return VEDataset(prompts, images, labels, keys)
 
 
-def build_training_data(dataset, processor: OFAProcessor, source: str) -> TrainingData:
-    """The train and validation splits of a `velora convert` DatasetDict, indexed for training."""
+def build_training_data(sources, processor: OFAProcessor, source: str | None = None) -> TrainingData:
+    """The train and validation splits of a `velora convert` DatasetDict, or of several (name, DatasetDict)
+    sources, indexed for training. A row of one source that a later source holds too (same picture, premise and
+    hypothesis) is left out: the later source wins, on a conflicting label as well."""
+    if not isinstance(sources, (list, tuple)):
+        sources = [(source or "dataset", sources)]
     store, seen, digest = ImageStore(processor), {}, hashlib.blake2b(digest_size=16)
-    train = index_split(dataset["train"], "train", store, seen, digest)
-    validation = None
-    if "validation" in dataset and len(dataset["validation"]):
-        validation = index_split(dataset["validation"], "validation", store, seen, digest)
-    return TrainingData(train, validation, store, source, digest.hexdigest())
+    indexed = []
+    for name, dataset in sources:
+        prefix = f"{name} " if len(sources) > 1 else ""
+        splits = {split: index_split(dataset[split], prefix + split, store, seen, digest)
+                  for split in ("train", "validation") if split in dataset and len(dataset[split])}
+        indexed.append((name, splits))
+    joined, note = combine_sources(indexed)
+    names = source or " + ".join(name for name, _ in sources)
+    return TrainingData(joined["train"], joined.get("validation"), store, names, digest.hexdigest(), note)
+
+
+def combine_sources(indexed: list[tuple[str, dict[str, VEDataset]]]) -> tuple[dict[str, VEDataset], str | None]:
+    """Each split of every source joined, without the rows a later source also holds; and a note saying what was
+    left out (None for one source)."""
+    last: dict[tuple, tuple[int, int]] = {}  # row key -> (the last source holding it, its label there)
+    for number, (_, splits) in enumerate(indexed):
+        for split in splits.values():
+            last.update((key, (number, label)) for key, label in zip(split.keys, split.labels))
+    joined: dict[str, list[VEDataset]] = {}
+    counts = []
+    for number, (name, splits) in enumerate(indexed):
+        removed = conflicting = 0
+        for split_name, split in splits.items():
+            kept = [i for i, key in enumerate(split.keys) if last[key][0] == number]
+            removed += len(split) - len(kept)
+            conflicting += sum(last[split.keys[i]][1] != split.labels[i] for i in range(len(split))
+                               if last[split.keys[i]][0] != number)
+            joined.setdefault(split_name, []).append(split.subset(kept))
+        counts.append(f"{name}: " + ", ".join(f"{s} {len(d)}" for s, d in splits.items())
+                      + (f" ({removed} replaced by a later source, {conflicting} of them with another label)"
+                         if removed else ""))
+    if "train" not in joined:
+        raise VeloraError("no training rows: every source's train split is empty")
+    note = None if len(indexed) == 1 else (f"Training data from {len(indexed)} sources (a later source wins on a "
+                                           f"duplicate): {'; '.join(counts)}")
+    return {name: VEDataset.joined(parts) for name, parts in joined.items()}, note
 
 
 def single_label(split: VEDataset | None) -> str | None:

@@ -110,7 +110,8 @@ class LoRARecipe:
         self.bundle = ModelBundle.resolve_base(
             c.model_name_or_path, image_size=c.image_size, flag="--model_name_or_path",
             advice="train from its base model (or merge it first with `velora merge`)")
-        self.inputs = [("base model", self.bundle.base_dir), ("dataset", c.dataset_name)]
+        self.inputs = [("base model", self.bundle.base_dir),
+                       *(("dataset", name) for name in (c.data_sources if c.dataset_name else []))]
         self.resume = resolve_resume(out, c.resume_from_checkpoint, remove_partial=False)
         # `auto` on a run cut off before its first complete checkpoint: the same run again, from step 0
         self.restart = c.resume_from_checkpoint == "auto" and self.resume is None and read_run_file(out) is not None
@@ -118,7 +119,7 @@ class LoRARecipe:
         self.check_identity(PRE_DATA_KEYS)
         if not self.first:
             return
-        if c.train_file and out.resolve() == Path(c.train_file).resolve().parent:
+        if c.train_file and any(out.resolve() == Path(f).resolve().parent for f in c.data_sources):
             raise VeloraError(f"--output_dir {out}: is the folder of --train_file; choose a new folder")
         check_output(out, self.inputs, overwrite=c.overwrite_output_dir, continuing=bool(self.resume or self.restart))
         if c.overwrite_output_dir and not (self.resume or self.restart):
@@ -144,24 +145,34 @@ class LoRARecipe:
         """The converted dataset (--dataset_name, or --train_file converted now into OUTPUT_DIR/dataset), its rows
         indexed and fingerprinted; then the output folder is written, once the data is known to be this run's."""
         c = self.config
-        if c.train_file:
-            path = self.output_dir / CONVERTED_DATASET
-            if not path.exists() and self.first:
-                self.output_dir.mkdir(parents=True, exist_ok=True)  # the run file first: the dataset is velora's
-                write_run_file(self.output_dir, self.identity, c, converted=True)
-                print(f"Converting {c.train_file} -> {path}")
-                print(convert(c.train_file, path, image_root=c.image_root, val_ratio=c.val_ratio, seed=c.seed,
-                              progress=True).summary())
-        elif c.dataset_name:
-            path = Path(c.dataset_name)
-        else:
+        if not c.data_sources:
             raise VeloraError("no training data: pass --dataset_name DIR (made by `velora convert`) or --train_file "
                               "CSV")
-        self.data = build_training_data(load_training_splits(path), self.bundle.processor, str(path))
+        paths = self.convert_train_files() if c.train_file else [Path(name) for name in c.data_sources]
+        self.data = build_training_data([(str(path), load_training_splits(path)) for path in paths],
+                                        self.bundle.processor)
+        if self.data.note:
+            print(self.data.note)
         self.identity["dataset"] = self.data.fingerprint
         self.check_identity(["dataset"])
         if self.first:
             self.write_output_dir()
+
+    def convert_train_files(self) -> list[Path]:
+        """--train_file converted into OUTPUT_DIR/dataset (several: OUTPUT_DIR/dataset/1, 2...), unless done by
+        the run being continued."""
+        c, files = self.config, self.config.data_sources
+        converted = self.output_dir / CONVERTED_DATASET
+        paths = [converted] if len(files) == 1 else [converted / str(n) for n in range(1, len(files) + 1)]
+        for file, path in zip(files, paths):
+            if path.exists() or not self.first:
+                continue
+            self.output_dir.mkdir(parents=True, exist_ok=True)  # the run file first: the dataset is velora's
+            write_run_file(self.output_dir, self.identity, c, converted=True)
+            print(f"Converting {file} -> {path}")
+            print(convert(file, path, image_root=c.image_root, val_ratio=c.val_ratio, seed=c.seed,
+                          progress=True).summary())
+        return paths
 
     def write_output_dir(self) -> None:
         out = self.output_dir
@@ -227,7 +238,7 @@ class LoRARecipe:
         self.bundle.processor.save_pretrained(out)
         metrics = run_metrics(state.log_history, state.best_model_checkpoint, state.global_step)
         metrics.update(base_model=str(self.bundle.base_dir), image_size=self.bundle.processor.config.image_size,
-                       data=self.data.summary())
+                       data=self.data.summary(), **({"data_sources": self.data.note} if self.data.note else {}))
         if metrics["final"]:
             metrics["selection"] = selection_reason(state.log_history, metrics["final"]["step"],
                                                     trainer.args.metric_for_best_model, self.selection_note)
@@ -238,7 +249,7 @@ class LoRARecipe:
         write_atomic(out / "README.md", model_card(
             out, base_model=self.bundle.base_reference, data_source=self.data.source,
             data_summary=self.data.summary(), config=self.config, metrics=metrics, selection=metrics["selection"]))
-        for line in summary_lines(out, metrics, metrics["selection"]):
+        for line in [*summary_lines(out, metrics, metrics["selection"]), *filter(None, [self.data.note])]:
             print(line)
         return TrainResult(out, adapter_file(out), metrics)
 
