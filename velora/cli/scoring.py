@@ -14,7 +14,7 @@ from velora.cli.options import (examples_to_score, image_options, load_predictor
 from velora.errors import VeloraError
 from velora.evaluate import check_output_paths, evaluate
 from velora.images import load_image
-from velora.mine import check_output, check_settings, mine
+from velora.mine import METHODS, check_output, check_settings, mine, trained_on
 from velora.ofa.processor import TextError
 from velora.predict import predict, predict_file
 
@@ -156,6 +156,20 @@ def eval_command(model, test_file, split, output_report, output_json, plot, comp
             click.echo(f"Wrote {save(path)}", err=True)
 
 
+def mining_run(model_path: str, data: str, split: str, method: str) -> str | None:
+    """The training run whose settings the out-of-fold adapters repeat, or None to mine with the model itself."""
+    trained = trained_on(model_path, data) and split in ("all", "train")
+    if method == "out_of_fold" and not Path(model_path, "velora_run.json").exists():
+        raise VeloraError(f"--method out_of_fold: {model_path} is not a `velora train` output (no velora_run.json), "
+                          "so there are no training settings to repeat; use --method model")
+    if method == "out_of_fold" or (method == "auto" and trained):
+        click.echo(f"Scoring with out-of-fold adapters (the settings of {model_path})" +
+                   (": the model was trained on these rows, so its own scores would trust their labels" if trained
+                    else ""), err=True)
+        return model_path
+    return None
+
+
 @click.command("mine")
 @model_options
 @click.option("--data_dir", required=True,
@@ -175,15 +189,23 @@ def eval_command(model, test_file, split, output_report, output_json, plot, comp
 @click.option("--split", default="all", show_default=True, help="Split of a converted dataset: all, train, validation.")
 @click.option("--batch_size", type=click.IntRange(1, 1024), default=16, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace --output_file if it exists.")
+@click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
+              help="Whose probabilities: model (the model's own), out_of_fold (--folds LoRA runs with the model's "
+                   "training settings, each scoring rows it did not train on; cleanlab flags likely label errors), "
+                   "auto (out_of_fold for rows the model was trained on, else model).")
+@click.option("--folds", type=click.IntRange(2, 20), default=4, show_default=True,
+              help="Folds of --method out_of_fold.")
 @translate_options
 def mine_command(model, data_dir, output_file, confidence_threshold, mislabel_confidence, no_mislabeled, strategy,
-                 top_k, split, batch_size, overwrite, translate):
+                 top_k, split, batch_size, overwrite, method, folds, translate):
     """Find the examples worth a second look: low confidence (ambiguous) or confidently contradicting their label
     (likely_mislabeled).
 
     Writes a CSV with each example's fields, the predicted label, the three probabilities, margin, entropy
     (normalised, 0 = certain, 1 = uniform), the flag and its source row; images that exist only inside the
-    dataset are saved to <output>_images/. Review the labels, then feed the file back with `velora convert`.
+    dataset are saved to <output>_images/ (named after the original file and the row). Then `velora review
+    OUTPUT_FILE` shows them on a web page, and `velora review OUTPUT_FILE --apply` writes the corrected dataset.
+    Rows the model was trained on are scored out of fold (see --method): its own scores trust their labels.
 
     \b
     Examples:
@@ -196,11 +218,13 @@ def mine_command(model, data_dir, output_file, confidence_threshold, mislabel_co
     check_settings(confidence_threshold, strategy, top_k, mislabel)
     check_output(Path(output_file), overwrite)
     translator = open_translator(translate, model["device"])
-    predictor = load_predictor(model)
+    out_of_fold = mining_run(model["model_path"], data_dir, split, method)
+    predictor = load_predictor(model) if out_of_fold is None else None
     try:
         result = mine(predictor, data_dir, output_file, confidence_threshold=confidence_threshold, strategy=strategy,
                       top_k=top_k, mislabel_confidence=mislabel, split=split, batch_size=batch_size,
-                      overwrite=overwrite, progress=True, translator=translator)
+                      overwrite=overwrite, progress=True, translator=translator, out_of_fold=out_of_fold,
+                      folds=folds)
     finally:
         if translator is not None:
             translator.close()
