@@ -33,6 +33,16 @@ def test_a_later_source_wins_a_duplicate_and_the_note_says_so():
     assert combine_sources([("only", first)])[1] is None
 
 
+def test_several_sources_as_a_list_or_a_repeated_flag(tmp_path):
+    from velora.train.cli import config_from_argv
+    from velora.train.config import load_config
+
+    repeated = config_from_argv(["--dataset_name", "a", "--dataset_name", "b,c", "--output_dir", str(tmp_path)])
+    assert repeated.data_sources == ["a", "b", "c"]
+    assert load_config({"train_file": ["x.csv", "y.csv"], "output_dir": str(tmp_path)}).data_sources == [
+        "x.csv", "y.csv"]
+
+
 @pytest.fixture(scope="module")
 def colour_run(tmp_path_factory, tiny_model_dir):
     folder = tmp_path_factory.mktemp("review-train")

@@ -28,6 +28,7 @@ from pathlib import Path
 import click
 import torch
 
+from velora.convert.dataset import quiet_datasets
 from velora.data import load_examples, open_dataset, score_examples
 from velora.demo import Plan, lora_settings, make_task, small_base
 from velora.evaluate import evaluate
@@ -120,7 +121,7 @@ def flip_labels(clean: Path, noisy: Path, share: float, seed: int) -> dict[str, 
 
     noisy_train = train_split.map(flip, batched=True, with_indices=True, input_columns=["label"],
                                   features=train_split.features, keep_in_memory=True).cast_column("image", Image())
-    with staged_dir(noisy) as staged:
+    with staged_dir(noisy) as staged, quiet_datasets():
         DatasetDict({"train": noisy_train, "validation": data["validation"]}).save_to_disk(str(staged))
     return truth
 

@@ -27,6 +27,7 @@ HELP_SECTIONS = {
 }
 HELP_ALL = "velora.help_all"
 NEGATED = "no_"  # click name of a `--no_X` flag: X set to false
+REPEATABLE = ("dataset_name", "train_file")  # several sources: `--dataset_name A --dataset_name B` = A,B
 INIT_LAYOUT = {"lora_config.json": "configs", "example_ve_data.csv": "data"}  # velora/templates/ (package data)
 
 
@@ -81,7 +82,7 @@ def _option(action: argparse.Action) -> click.Option:
         return _FieldOption([*names, f"{NEGATED}{action.dest}"], is_flag=True, flag_value=False, default=None,
                             help=f"Set --{action.dest} to false.")
     kwargs: dict = {"type": _click_type(action)}
-    if action.nargs == "+":
+    if action.nargs == "+" or action.dest in REPEATABLE:
         kwargs["multiple"] = True
     if action.nargs == "?" or kwargs["type"] is click.BOOL:  # `--flag` alone means true
         kwargs.update(is_flag=False, flag_value=True if action.const is None else action.const)
