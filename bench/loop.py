@@ -30,13 +30,15 @@ def main() -> None:
     parser.add_argument("--output_dir", default=str(Path(__file__).resolve().parent / ".cache" / "loop"))
     parser.add_argument("--quick", action="store_true", help="toy sizes: checks the script, measures nothing")
     parser.add_argument("--plan", default=None, help="JSON overrides of the LoopPlan (noise, budget, folds)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the adapters an earlier run of the same plan left in OUTPUT_DIR (same data)")
     args = parser.parse_args()
     plan = LOOP_PLANS["quick" if args.quick else "full"]
     if args.plan:
         plan = dataclasses.replace(plan, **json.loads(args.plan))
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; plan: {plan}", file=sys.stderr)
-    result = run_loop(args.output_dir, plan=plan)
+    result = run_loop(args.output_dir, plan=plan, reuse=args.reuse)
     print(json.dumps(result.to_dict(), indent=2))
 
 

@@ -70,7 +70,8 @@ def test_train_on_the_original_and_its_reviewed_copy(colour_run, tiny_model_dir,
 def test_out_of_fold_probabilities_score_every_row_once(colour_run):
     dataset, run = colour_run
     train = load_examples(dataset, "train")
-    probs = out_of_fold_probabilities(fold_config(run, max_steps=1), train.dataset, folds=2, progress=False)
+    probs = out_of_fold_probabilities(fold_config(run, max_steps=1), train.dataset, folds=2, batch_size=1,
+                                      progress=False)  # one row a batch: no padding, no attention mask
     assert probs.shape == (len(train), 3) and not probs.isnan().any()
     assert torch.allclose(probs.sum(-1), torch.ones(len(train)), atol=1e-5)
 

@@ -45,6 +45,7 @@ from velora.train.folds import fold_config, out_of_fold_probabilities
 class LoopPlan:
     demo: Plan  # data and training sizes (the demo's), and the small base's recipe
     noise: float = 0.2  # share of training labels flipped
+    noisy_splits: tuple[str, ...] = ("train",)  # ("train", "validation"): the checkpoint is chosen on noisy labels too
     budget: float = 0.1  # share of training rows a reviewer looks at
     folds: int = 4
 
@@ -103,26 +104,28 @@ def _say(text: str = "") -> None:
     click.echo(text)
 
 
-def flip_labels(clean: Path, noisy: Path, share: float, seed: int) -> dict[str, str]:
-    """A copy of the dataset `clean` at `noisy` with `share` of its train labels flipped (seeded); returns the true
-    label of every train row, by source_row."""
+def flip_labels(clean: Path, noisy: Path, share: float, seed: int, splits: tuple[str, ...] = ("train",)
+                ) -> dict[str, str]:
+    """A copy of the dataset `clean` at `noisy` with `share` of the labels of `splits` flipped to another label
+    (seeded); returns the true label of every row of those splits, by source_row."""
     from datasets import DatasetDict, Image  # deferred: datasets takes ~1 s to import
 
-    data = open_dataset(clean)
-    train_split = data["train"].cast_column("image", Image(decode=False))
-    names = train_split.features["label"].names
-    truth = {str(r): names[label] for r, label in zip(train_split["source_row"], train_split["label"])}
-    rng = random.Random(seed)
-    flipped = set(rng.sample(range(len(train_split)), round(share * len(train_split))))
+    data, truth, rng = open_dataset(clean), {}, random.Random(seed)
+    copy = dict(data)
+    for name in splits:
+        split = data[name].cast_column("image", Image(decode=False))
+        names = split.features["label"].names
+        truth.update({str(r): names[label] for r, label in zip(split["source_row"], split["label"])})
+        flipped = set(rng.sample(range(len(split)), round(share * len(split))))
 
-    def flip(labels, indices):
-        return {"label": [rng.choice([x for x in range(len(names)) if x != label]) if i in flipped else label
-                          for label, i in zip(labels, indices)]}
+        def flip(labels, indices):
+            return {"label": [rng.choice([x for x in range(len(names)) if x != label]) if i in flipped else label
+                              for label, i in zip(labels, indices)]}
 
-    noisy_train = train_split.map(flip, batched=True, with_indices=True, input_columns=["label"],
-                                  features=train_split.features, keep_in_memory=True).cast_column("image", Image())
+        copy[name] = split.map(flip, batched=True, with_indices=True, input_columns=["label"],
+                               features=split.features, keep_in_memory=True).cast_column("image", Image())
     with staged_dir(noisy) as staged, quiet_datasets():
-        DatasetDict({"train": noisy_train, "validation": data["validation"]}).save_to_disk(str(staged))
+        DatasetDict(copy).save_to_disk(str(staged))
     return truth
 
 
@@ -167,8 +170,9 @@ def mining_quality(order: list[int], flipped: set[int], k: int) -> dict:
 class Loop:
     """One measured run; each stage a method, in order (see the module docstring)."""
 
-    def __init__(self, output: Path, plan: LoopPlan, base_root: Path):
+    def __init__(self, output: Path, plan: LoopPlan, base_root: Path, reuse: bool = False):
         self.output, self.plan, self.base_root, self.seconds = output, plan, base_root, {}
+        self.reuse = reuse  # keep adapters an earlier run of the same plan trained (the data is made the same)
         self.data = output / "data"
 
     def timed(self, name: str, started: float) -> None:
@@ -177,8 +181,11 @@ class Loop:
     def train_and_test(self, name: str, dataset: Path) -> float:
         started = time.monotonic()
         settings = lora_settings(self.base, dataset, self.output / f"lora_{name}", self.plan.demo, given=False)
-        _say(f"  velora train --dataset_name {dataset} --output_dir {settings['output_dir']} ...")
-        train(settings)
+        if self.reuse and (Path(settings["output_dir"]) / "metrics.json").exists():
+            _say(f"  reusing {settings['output_dir']}, trained by an earlier run of this plan")
+        else:
+            _say(f"  velora train --dataset_name {dataset} --output_dir {settings['output_dir']} ...")
+            train(settings)
         predictor = Predictor.from_pretrained(settings["output_dir"])
         accuracy = evaluate(predictor, self.test).metrics.accuracy
         _say(f"  held-out accuracy ({name}): {accuracy:.1%}")
@@ -191,10 +198,11 @@ class Loop:
         clean = make_task(self.data / "task_b_train", "B", demo.train_images, demo.seed, val_ratio=demo.val_ratio)
         self.test = load_examples(make_task(self.data / "task_b_test", "B", demo.test_images, demo.seed + 1))
         noisy = self.data / "noisy_dataset"
-        self.truth = flip_labels(clean, noisy, self.plan.noise, demo.seed)
+        self.truth = flip_labels(clean, noisy, self.plan.noise, demo.seed, tuple(self.plan.noisy_splits))
+        reviewed_split = "train" if tuple(self.plan.noisy_splits) == ("train",) else "all"
         self.base = small_base(self.base_root, demo)
         self.timed("data and base", started)
-        examples = load_examples(noisy, "train")
+        examples = load_examples(noisy, reviewed_split)
         ids = [str(r) for r in examples.dataset["source_row"]]
         flipped = {i for i, (example, label) in enumerate(zip(ids, examples.labels)) if self.truth[example] != label}
         k = max(1, round(self.plan.budget * len(examples)))
@@ -220,7 +228,7 @@ class Loop:
         list_hard(examples, probs, mined, method=method, confidence_threshold=1.0, origin=noisy)
         reviewed = self.review(mined, load_review(mined), k, None, noisy.with_name("noisy_dataset-reviewed"))
         random_ids = [ids[i] for i in orders["random"][:k]]
-        baseline = self.review(noisy, load_review(noisy, split="train"), k, random_ids,
+        baseline = self.review(noisy, load_review(noisy, split=reviewed_split), k, random_ids,
                                noisy.with_name("noisy_dataset-random"))
         self.timed("review and apply", started)
         result.accuracy["reviewed"] = self.train_and_test("reviewed", reviewed)
@@ -249,7 +257,8 @@ def rankings(labels: list[str], model_probs: torch.Tensor, oof_probs: torch.Tens
     }
 
 
-def run_loop(output_dir: str | Path = "demo_output", quick: bool = False, plan: LoopPlan | None = None) -> LoopResult:
+def run_loop(output_dir: str | Path = "demo_output", quick: bool = False, plan: LoopPlan | None = None,
+             reuse: bool = False) -> LoopResult:
     """The measured loop (module docstring) in OUTPUT_DIR/loop, on the demo's small base (OUTPUT_DIR/small_ofa,
     built once); its table is printed and saved as OUTPUT_DIR/loop/loop.json and loop.md."""
     root = Path(output_dir)
@@ -257,7 +266,7 @@ def run_loop(output_dir: str | Path = "demo_output", quick: bool = False, plan: 
     output.mkdir(parents=True, exist_ok=True)
     plan = plan or LOOP_PLANS["quick" if quick else "full"]
     _say(click.style("velora demo --loop: review, relabel, retrain, measured on the demo task", bold=True))
-    result = Loop(output, plan, root).run()
+    result = Loop(output, plan, root, reuse).run()
     (output / "loop.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     (output / "loop.md").write_text(result.table() + "\n", encoding="utf-8")
     _say("")

@@ -112,6 +112,6 @@ def score_rows(model, data: TrainingData, rows: list[int], batch_size: int, devi
     for start in range(0, len(rows), batch_size):
         inputs = collate([data.train[i] for i in rows[start:start + batch_size]])
         inputs.pop("labels")
-        logits = model(**{name: value.to(device) for name, value in inputs.items()})
+        logits = model(**{name: value.to(device) if value is not None else None for name, value in inputs.items()})
         out.append(logits.float().softmax(-1).cpu())
     return torch.cat(out)
