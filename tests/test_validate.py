@@ -160,7 +160,10 @@ def test_mined_csv_is_accepted_as_is(tmp_path):
     ], header=header)
     ds, report = load_records_with_report(path)
     assert len(ds) == 2 and not report.dropped
-    assert json.loads(ds["metadata"][0])["predicted_label"] == "neutral"
+    assert ds.features["label"].int2str(list(ds["label"])) == ["entailment", "neutral"]
+    metadata = json.loads(ds["metadata"][0])
+    assert not {"flag", "predicted_label", "confidence"} & set(metadata)
+    assert any(w.code == "mined_columns" and "predicted_label" in w.message for w in report.warnings)
 
 
 # --- validate and data quality -------------------------------------------------------------------------------------
