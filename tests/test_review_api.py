@@ -11,12 +11,15 @@ import torch
 from PIL import Image
 
 from eval_helpers import read_csv_rows, write_labelled_csv
+from translate_helpers import CHINESE, DICTIONARY_PROGRAM, ENGLISH, chinese_csv, write_program
+from velora.convert import convert
 from velora.convert.spreadsheet import write_rows
 from velora.data import load_examples
 from velora.labels import LABELS
 from velora.mine import AMBIGUOUS, MISLABELED, list_hard
 from velora.review import DecisionStore, decisions_path, load_review
 from velora.review.app import MAX_BODY, create_review_app, serve_in_thread
+from velora.translate import load_translator
 
 E, C, N = LABELS
 
@@ -120,3 +123,29 @@ def test_a_whole_dataset_without_a_model_is_shown_in_its_order(tmp_path):
     assert [item.id for item in review.items] == [str(line) for line in range(2, 7)]  # CSV lines
     assert {item.reason for item in review.items} == {"unscored"} and review.origin == data
     assert len(read_csv_rows(data)) == 5
+
+
+def test_translated_rows_of_a_mined_csv_show_the_originals(mined):
+    path, result = mined
+    translated = {"premise_original": CHINESE[0], "hypothesis_original": CHINESE[1], "translated_by": "command:mt"}
+    rows = [dict(result.rows[0], **translated), dict(result.rows[1])]
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    zh = write_rows(path.with_name("hard_zh.csv"), columns, rows)  # beside the images, as `velora mine` writes
+    store = DecisionStore(decisions_path(zh))
+    with serve_in_thread(create_review_app(load_review(zh), store)) as url:
+        shown = httpx.get(f"{url}/api/examples", timeout=30).json()["examples"]
+    assert {k: shown[0][k] for k in translated} == translated
+    assert shown[0]["premise"] == result.rows[0]["premise"]  # the English text the model scored, as before
+    assert [shown[1][k] for k in translated] == [None, None, None]  # nothing was translated in this row
+
+
+def test_a_translated_dataset_shows_the_originals_of_its_translated_rows_only(tmp_path):
+    source = chinese_csv(tmp_path, n=3, english=2)
+    translator = load_translator(write_program(tmp_path, "mt.py", DICTIONARY_PROGRAM), cache=False)
+    convert(source, tmp_path / "ds", val_ratio=0.4, translator=translator)
+    items = {item.premise: item.to_dict() for item in load_review(tmp_path / "ds").items}
+    for i in range(3):  # the Chinese rows: English text, the user's Chinese beside it
+        assert items[ENGLISH[i]]["premise_original"] == CHINESE[i]
+        assert items[ENGLISH[i]]["hypothesis_original"] == CHINESE[i + 1]
+        assert items[ENGLISH[i]]["translated_by"].startswith("command:")
+    assert [items[ENGLISH[i]]["translated_by"] for i in (3, 4)] == [None, None]

@@ -9,16 +9,22 @@ import json
 import shutil
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from eval_helpers import write_labelled_csv
 from review_helpers import free_port, review_process
 from serve_helpers import ARTIFACTS, REPO
 from test_serve_page import CHROMIUM, CHROMIUM_ARGS
+from translate_helpers import CHINESE
 from velora.cli import cli
 from velora.convert import convert
+from velora.convert.spreadsheet import write_rows
+from velora.data import load_examples
 from velora.labels import LABELS
-from velora.review import DecisionStore, decisions_path
+from velora.mine import list_hard
+from velora.review import DecisionStore, decisions_path, load_review
+from velora.review.app import create_review_app, serve_in_thread
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(shutil.which("chromium") is None,
@@ -128,6 +134,27 @@ def test_ten_examples_by_keyboard_with_a_server_crash_midway(dataset, browser, t
 
     check_decisions_file(dataset, done)
     check_applied_dataset(dataset, done)
+
+
+def test_a_translated_row_shows_what_the_user_wrote_under_the_english(browser, tmp_path):
+    data = write_labelled_csv(tmp_path, rows=2, images=1)
+    mined = list_hard(load_examples(data), torch.tensor([[0.5, 0.3, 0.2], [0.4, 0.3, 0.3]]), tmp_path / "hard.csv",
+                      confidence_threshold=1.0, origin=data)
+    first = dict(mined.rows[0], premise_original=CHINESE[0], hypothesis_original=CHINESE[1], translated_by="command:mt")
+    path = write_rows(tmp_path / "hard.csv", list(first), [first, mined.rows[1]])
+    page = browser.new_page()
+    with serve_in_thread(create_review_app(load_review(path), DecisionStore(decisions_path(path)))) as url:
+        page.goto(url)
+        page.wait_for_function("document.body.dataset.state === 'ready' && document.body.dataset.example")
+        playwright_api.expect(page.locator("#premise")).to_have_text(first["premise"])
+        playwright_api.expect(page.locator("#premise-original")).to_have_text(f"original: {CHINESE[0]}")
+        playwright_api.expect(page.locator("#hypothesis-original")).to_have_text(f"original: {CHINESE[1]}")
+        playwright_api.expect(page.locator("#where")).to_contain_text("translated by command:mt")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "review-page-translated.png"), full_page=True)
+        Reviewer(page).press("k")
+        playwright_api.expect(page.locator("#premise")).to_have_text(mined.rows[1]["premise"])
+        assert page.is_hidden("#premise-original") and page.is_hidden("#hypothesis-original")
 
 
 def check_decisions_file(dataset, done: dict[str, tuple]) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from velora.convert import read_input
 from velora.convert.issues import RowIssue
+from velora.convert.translation import COLUMNS as ORIGINAL_COLUMNS
 from velora.data import ALL_SPLITS, ExampleSet, image_source, load_examples, score_examples
 from velora.errors import VeloraError
 from velora.images import DEFAULT_LIMITS, load_image_and_format, read_image_file
@@ -45,12 +46,22 @@ class ReviewItem:
     split: str | None = None
     image_file: Path | None = None  # a mined CSV's image
     row: int | None = None  # else: the row of `ReviewSet.examples` holding the image bytes
+    originals: dict[str, str] = field(default_factory=dict)  # translated rows (--translate): ORIGINAL_COLUMNS
 
     def to_dict(self) -> dict[str, Any]:
         predicted = max(self.probs, key=self.probs.get) if self.probs else None
         return {"id": self.id, "label": self.label, "premise": self.premise, "hypothesis": self.hypothesis,
                 "reason": self.reason, "why": REASON_WORDS.get(self.reason, self.reason), "probs": self.probs,
-                "predicted": predicted, "split": self.split}
+                "predicted": predicted, "split": self.split,
+                **dict.fromkeys(ORIGINAL_COLUMNS), **self.originals}
+
+
+def originals_of(values: dict) -> dict[str, str]:
+    """The user's own texts and the back-end of a row whose texts were translated (a `velora convert --translate`
+    dataset, a `velora mine --translate` CSV); {} for a row nothing was translated in."""
+    if not str(values.get("translated_by") or "").strip():
+        return {}
+    return {name: str(values.get(name) or "") for name in ORIGINAL_COLUMNS}
 
 
 @dataclass
@@ -116,8 +127,9 @@ def ordered_items(examples: ExampleSet, probs: torch.Tensor | None, confidence_t
     _check_unique(ids, examples.source)
     premises = rows.get("premise") or [""] * len(ids)
     splits = rows.get("split") or [None] * len(ids)
+    originals = [originals_of({c: rows[c][i] for c in ORIGINAL_COLUMNS if c in rows}) for i in range(len(ids))]
     items = [ReviewItem(ids[i], examples.labels[i], premises[i] or "", rows["hypothesis"][i], UNSCORED,
-                        split=splits[i], row=i) for i in range(len(ids))]
+                        split=splits[i], row=i, originals=originals[i]) for i in range(len(ids))]
     if probs is None:
         return items
     confidence = uncertainty(probs)["confidence"].tolist()
@@ -166,7 +178,7 @@ def _mined_item(line: int, values: dict, folder: Path) -> tuple[ReviewItem | Non
         probs = None
     item = ReviewItem(example, label, str(values.get("premise") or ""), str(values.get("hypothesis") or ""),
                       str(values.get("flag") or UNSCORED), probs, str(values.get("split") or "") or None,
-                      image_file=file)
+                      image_file=file, originals=originals_of(values))
     return item, None
 
 

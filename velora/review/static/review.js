@@ -73,12 +73,14 @@ function renderExample(example) {
   if (!example) return;
   document.body.dataset.example = example.id;
   $("image").src = `/api/examples/${encodeURIComponent(example.id)}/image`;
-  $("where").textContent = `#${example.position} · source row ${example.id}` + (example.split ? ` · ${example.split} split` : "");
+  $("where").textContent = `#${example.position} · source row ${example.id}` + (example.split ? ` · ${example.split} split` : "") +
+    (example.translated_by ? ` · translated by ${example.translated_by}` : "");
   $("why").textContent = example.why + (example.predicted && example.predicted !== example.label
     ? ` (predicted ${example.predicted})` : "");
   $("why").className = `why ${example.reason}`;
   $("premise").textContent = example.premise || "(none)";
   $("hypothesis").textContent = example.hypothesis;
+  for (const name of ["premise", "hypothesis"]) showOriginal(name, example);
   $("label").textContent = example.label;
   const d = example.decision;
   $("decided").textContent = d ? `decided: ${d.action}${d.label ? " → " + d.label : ""}${d.reviewer ? " by " + d.reviewer : ""}` : "";
@@ -93,6 +95,15 @@ function renderExample(example) {
   for (const button of document.querySelectorAll("#actions [data-label]")) {
     button.classList.toggle("current", button.dataset.label === example.label);
   }
+}
+
+// A translated row (--translate): the text as the user wrote it, under the English the model scored.
+function showOriginal(name, example) {
+  const original = example[`${name}_original`];
+  const element = $(`${name}-original`);
+  element.hidden = !original || original === example[name];
+  element.textContent = element.hidden ? "" : `original: ${original}`;
+  element.title = example.translated_by ? `translated by ${example.translated_by}` : "";
 }
 
 async function loadNext(after) {
