@@ -25,6 +25,7 @@ API: dict[str, tuple[str, str]] = {  # public name: (module, attribute)
     "evaluate": ("velora.evaluate", "evaluate"),
     "mine": ("velora.mine", "mine"),
     "merge": ("velora.merge", "merge_lora"),
+    "distill": ("velora.distill", "distill"),
     "Predictor": ("velora.predictor", "Predictor"),
     "Prediction": ("velora.predictor", "Prediction"),
     "OFAProcessor": ("velora.ofa.processor", "OFAProcessor"),

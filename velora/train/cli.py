@@ -68,10 +68,7 @@ def _click_type(action: argparse.Action) -> click.ParamType:
     return _ArgparseType(action.type, "RATE|auto" if action.dest == "learning_rate" else "VALUE")
 
 
-def _default_text(dest: str) -> str:
-    from velora.train.config import TrainConfig  # deferred: transformers takes seconds to import
-
-    default = TrainConfig.__dataclass_fields__[dest].default
+def _default_text(default) -> str:
     return f"  [default: {default}]" if isinstance(default, (str, int, float, bool)) else ""
 
 
@@ -86,16 +83,17 @@ def _option(action: argparse.Action) -> click.Option:
         kwargs["multiple"] = True
     if action.nargs == "?" or kwargs["type"] is click.BOOL:  # `--flag` alone means true
         kwargs.update(is_flag=False, flag_value=True if action.const is None else action.const)
-    return _FieldOption([*names, action.dest], default=None, help=(action.help or "") + _default_text(action.dest),
+    return _FieldOption([*names, action.dest], default=None, help=(action.help or "") + _default_text(action.default),
                         **kwargs)
 
 
-def config_options() -> list[click.Option]:
+def config_options(config_class: type | None = None) -> list[click.Option]:
+    """Click options of TrainConfig's fields (or of `config_class`'s, a TrainConfig subclass: velora distill's)."""
     from transformers import HfArgumentParser  # deferred: transformers takes seconds to import
 
     from velora.train.config import TrainConfig  # deferred: imports transformers
 
-    parser = HfArgumentParser(TrainConfig)
+    parser = HfArgumentParser(config_class or TrainConfig)
     return [_option(action) for action in parser._actions if action.option_strings and action.dest != "help"]
 
 

@@ -219,7 +219,7 @@ class LoRARecipe:
                   "(`velora convert` stratifies by label)")
             args.metric_for_best_model, args.greater_is_better = "loss", False
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.output_dir / "runs")
-        trainer = VETrainer(
+        trainer = self.make_trainer(
             model=self.peft_model, args=args, train_dataset=data.train, eval_dataset=data.validation,
             data_collator=VECollator(data.store), compute_metrics=trainer_metrics,
             class_weights=class_weights(c.class_weights, data.train.labels),
@@ -227,6 +227,11 @@ class LoRARecipe:
                        BestCheckpointTieBreak(), *self.callbacks])
         VeloraLogCallback.install(trainer)
         return trainer
+
+    def make_trainer(self, **kwargs) -> VETrainer:
+        """The Trainer, given the recipe's model, arguments, data, metrics and callbacks (`velora distill` adds the
+        teacher's answers to the data and its loss here)."""
+        return VETrainer(**kwargs)
 
     # -- save ------------------------------------------------------------------------------------------------------
 
