@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": ("velora.cli.data", "validate_command", "check a CSV/JSONL and its images, report only"),
     "convert": ("velora.cli.data", "convert_command", "CSV/JSONL + images -> a checked dataset"),
     "train": ("velora.train.cli", "train_command", "LoRA fine-tuning"),
+    "sweep": ("velora.sweep.cli", "sweep_command", "compare LoRA ranks / learning rates...: train, validate, pick"),
     "distill": ("velora.distill.cli", "distill_command", "a smaller student taught by a fine-tuned teacher (edge)"),
     "predict": ("velora.cli.scoring", "predict_command", "one image + premise + hypothesis"),
     "eval": ("velora.cli.scoring", "eval_command", "metrics on a labelled test set"),

@@ -100,6 +100,8 @@ def config_options(config_class: type | None = None) -> list[click.Option]:
 class TrainCommand(click.Command):
     """A click command whose TrainConfig options are made the first time click asks for them."""
 
+    lead_sections: dict[str, list[str]] = {}  # help sections listed before the training flags (velora sweep's)
+
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         if not any(p.name == "output_dir" for p in self.params):
             self.params.extend(config_options())
@@ -107,8 +109,11 @@ class TrainCommand(click.Command):
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         params = {p.name: p for p in self.get_params(ctx)}
-        listed = {name for names in HELP_SECTIONS.values() for name in names}
-        sections = {title: [params[n] for n in names] for title, names in HELP_SECTIONS.items()}
+        first = {name for names in self.lead_sections.values() for name in names}
+        layout = {**self.lead_sections,
+                  **{title: [n for n in names if n not in first] for title, names in HELP_SECTIONS.items()}}
+        listed = {name for names in layout.values() for name in names}
+        sections = {title: [params[n] for n in names] for title, names in layout.items()}
         sections["Options"] = [params["config"], params["help_all"], self.get_help_option(ctx)]
         others = [p for name, p in params.items() if name not in listed and p not in sections["Options"]]
         if ctx.meta.get(HELP_ALL):
@@ -120,7 +125,7 @@ class TrainCommand(click.Command):
             formatter.write_paragraph()
             formatter.write_text(f"Every transformers TrainingArguments flag works too ({len(others)} more: "
                                  "--activation_checkpointing, --warmup_steps, --weight_decay...): "
-                                 "velora train --help-all")
+                                 f"{ctx.command_path} --help-all")
 
 
 def _show_help_all(ctx: click.Context, _param, value: bool) -> None:
@@ -130,12 +135,17 @@ def _show_help_all(ctx: click.Context, _param, value: bool) -> None:
         ctx.exit()
 
 
+config_option = click.option(
+    "--config", "config", type=click.Path(dir_okay=False), default=None,
+    help="JSON file of settings with the guide's keys (`velora init` writes a commented one); flags override it.")
+help_all_option = click.option(
+    "--help-all", "--help_all", "help_all", is_flag=True, expose_value=False, is_eager=True, callback=_show_help_all,
+    help="Show every flag, transformers TrainingArguments' included, and exit.")
+
+
 @click.command("train", cls=TrainCommand)
-@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
-              help="JSON file of settings with the guide's keys (`velora init` writes a commented one); flags "
-                   "override it.")
-@click.option("--help-all", "--help_all", "help_all", is_flag=True, expose_value=False, is_eager=True,
-              callback=_show_help_all, help="Show every flag, transformers TrainingArguments' included, and exit.")
+@config_option
+@help_all_option
 @click.pass_context
 def train_command(ctx: click.Context, config: str | None, **values):
     """LoRA fine-tuning of OFA visual entailment: the guide's flags plus any transformers TrainingArguments flag.
@@ -162,6 +172,11 @@ def config_from_context(ctx: click.Context, config: str | None, values: dict):
     """The run's TrainConfig: --config, then only the flags given on the command line."""
     from velora.train.config import load_config  # deferred: transformers takes seconds to import
 
+    return load_config(config, given_flags(ctx, values))
+
+
+def given_flags(ctx: click.Context, values: dict) -> dict:
+    """The TrainConfig values of the flags given on the command line (`--no_X` as X false)."""
     flags = {}
     for name, value in values.items():
         if ctx.get_parameter_source(name) is not ParameterSource.COMMANDLINE:
@@ -170,7 +185,7 @@ def config_from_context(ctx: click.Context, config: str | None, values: dict):
             flags[name.removeprefix(NEGATED)] = False
         else:
             flags[name] = list(value) if isinstance(value, tuple) else value
-    return load_config(config, flags)
+    return flags
 
 
 def config_from_argv(argv: list[str]):

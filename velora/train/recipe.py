@@ -200,7 +200,11 @@ class LoRARecipe:
             if hint:
                 print(hint)
         if c.cache_image_features and feature_cache_allowed(self.peft_model):
-            self.data.store.cache_features(self.model, c.device)
+            self.cache_image_features()
+
+    def cache_image_features(self) -> None:
+        """The frozen ResNet run once over every distinct image (`velora sweep` shares them across its runs)."""
+        self.data.store.cache_features(self.model, self.config.device)
 
     def setup_trainer(self) -> VETrainer:
         c, data = self.config, self.data
