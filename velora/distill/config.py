@@ -17,7 +17,9 @@ from typing import Any, Mapping
 from transformers import HfArgumentParser
 
 from velora.errors import VeloraError
-from velora.train.config import TrainConfig, _canonical_keys, read_config_file
+from velora.train.config import CONFIG_ALIASES, TrainConfig, read_config_file
+
+DISTILL_NAMES = {"student": "model_name_or_path", "student_lora_r": "lora_r"}
 
 
 @dataclass
@@ -72,6 +74,18 @@ class DistillConfig(TrainConfig):
         return self.lora_r == 0
 
 
+def _distill_keys(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Settings under DistillConfig's names: the guide's keys as `velora train` reads them, except `alpha`, which is
+    the distillation weight here (LoRA's is `lora_alpha`); `student` and `student_lora_r` too."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = DISTILL_NAMES.get(key) or (key if key == "alpha" else CONFIG_ALIASES.get(key, key))
+        if name in out:
+            raise VeloraError(f"{where}: {key!r} sets {name} a second time; keep one")
+        out[name] = value
+    return out
+
+
 def load_distill_config(source: DistillConfig | Mapping[str, Any] | str | os.PathLike | None = None,
                         overrides: Mapping[str, Any] | None = None) -> DistillConfig:
     """A DistillConfig from `source` (one, returned as is; a dict of settings; a JSON config file) and `overrides`
@@ -79,12 +93,8 @@ def load_distill_config(source: DistillConfig | Mapping[str, Any] | str | os.Pat
     if isinstance(source, DistillConfig):
         return source
     from_file = isinstance(source, (str, os.PathLike))
-    values = read_config_file(source) if from_file else _canonical_keys(source or {}, "distill config")
-    values.update(_canonical_keys(overrides or {}, "flags"))
-    if "student" in values:
-        values["model_name_or_path"] = values.pop("student")
-    if "student_lora_r" in values:
-        values["lora_r"] = values.pop("student_lora_r")
+    values = read_config_file(source) if from_file else _distill_keys(source or {}, "distill config")
+    values.update(_distill_keys(overrides or {}, "flags"))
     for required, flag in (("teacher", "--teacher DIR"), ("model_name_or_path", "--student MODEL")):
         if not values.get(required):
             raise VeloraError(f"no {required.replace('model_name_or_path', 'student')}: pass {flag}")

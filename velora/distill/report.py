@@ -21,7 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from velora.bundle import ModelBundle
-from velora.data import ALL_SPLITS, load_examples, score_examples
+from velora.data import ALL_SPLITS, image_source, load_examples, score_examples
 from velora.io import write_json_atomic
 from velora.labels import LABELS
 from velora.metrics import compute_metrics, predicted_labels
@@ -122,7 +122,7 @@ def edge_report(student_dir: Path, teacher: ModelBundle, data, teacher_validatio
         examples = load_examples(config.test_file, ALL_SPLITS)
         teacher_probs = score_examples(teacher_model, examples, batch_size=config.teacher_batch_size)
         rows = examples.rows(0, len(examples))
-        images, premises = rows["image"], rows.get("premise", [None] * len(examples))
+        images, premises = [image_source(i) for i in rows["image"]], rows.get("premise", [None] * len(examples))
         report["splits"]["test"] = {"source": examples.source, **_split_quality(
             student_model, teacher_probs, images, premises, rows["hypothesis"], examples.labels)}
         example = example or (images[0], premises[0], rows["hypothesis"][0])
