@@ -12,6 +12,7 @@ from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 import optuna
+from optuna.distributions import IntDistribution
 import pytest
 import torch
 from click.testing import CliRunner
@@ -24,6 +25,7 @@ from velora.errors import VeloraError
 from velora.sweep import sweep
 from velora.sweep.results import choose_best
 from velora.sweep.space import parse_dimension, run_name, run_settings, space_from_mapping
+from velora.sweep.trial import RunSource
 from velora.train.data import ImageStore
 
 
@@ -173,6 +175,7 @@ def test_values_ranges_and_mistakes_on_the_command_line():
     assert parse_dimension("lora_r", ["4,8", "16"]).values == (4, 8, 16)
     assert parse_dimension("learning_rate", ["auto,1e-4"]).values == ("auto", 1e-4)
     assert (parse_dimension("learning_rate", ["5e-5:5e-4"]).low, parse_dimension("lora_r", ["4:32"]).high) == (5e-5, 32)
+    assert parse_dimension("lora_alpha", ["8:64"]).distribution() == IntDistribution(8, 64, log=True)
     modules = parse_dimension("lora_target_modules", ["q_proj, v_proj", "q_proj,k_proj,v_proj"])
     assert modules.values == ("q_proj,v_proj", "q_proj,k_proj,v_proj")
     space = space_from_mapping({"lora_r": [4, 16], "lora_alpha": "2r"})
@@ -187,6 +190,17 @@ def test_values_ranges_and_mistakes_on_the_command_line():
             parse_dimension(name, texts)
     result = CliRunner().invoke(cli, ["sweep", "--lora_r", "4,x", "--output_dir", "unused"])
     assert result.exit_code == 2 and "--lora_r 'x': not a value" in result.output
+
+
+def test_learning_rate_auto_follows_each_swept_batch_size():
+    """--per_device_train_batch_size 2,8 --learning_rate auto: the guide's rule (2e-4 at 4, linear) per run."""
+    space = space_from_mapping({"per_device_train_batch_size": [2, 8], "learning_rate": "auto"})
+    source = RunSource({"output_dir": "unused", "dataset_name": "unused"})
+    for batch, rate in ((2, 1e-4), (8, 4e-4)):
+        config = source.load(**run_settings({"per_device_train_batch_size": batch}, space, base_rank=8))
+        assert float(config.learning_rate) == pytest.approx(rate) and config.learning_rate_advice() is None
+    off = source.load(**run_settings({"per_device_train_batch_size": 2}, space_from_mapping({}), base_rank=8))
+    assert "--learning_rate auto" in off.learning_rate_advice()  # 2e-4 at batch 2: twice the rule
 
 
 def test_help_lists_the_sweep_then_every_train_flag():

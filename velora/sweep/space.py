@@ -52,7 +52,7 @@ class Dimension:
         if not self.is_range:
             return CategoricalDistribution(self.values)
         log = self.name in LOG_SCALE
-        if SWEPT[self.name][0] == "int":
+        if SWEPT[self.name][0] in ("int", "alpha"):
             return IntDistribution(int(self.low), int(self.high), log=log)
         return FloatDistribution(self.low, self.high, log=log)
 
@@ -91,7 +91,7 @@ def _one_value(name: str, text: str) -> Any:
 def _range(name: str, text: str) -> Dimension:
     low_text, high_text = text.split(":", 1)
     kind = SWEPT[name][0]
-    if kind not in ("int", "float", "rate"):
+    if kind not in ("int", "alpha", "float", "rate"):
         raise VeloraError(f"--{name} {text!r}: a range works for numbers only; list the values instead")
     low, high = _one_value(name, low_text), _one_value(name, high_text)
     if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or low >= high:
