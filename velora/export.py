@@ -8,6 +8,7 @@ order) and the tokenizer files `vocab.json` + `merges.txt`; `OnnxPredictor.from_
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from velora.merge import CHECK_TEXTS, check_images, human_size, merged_model
 from velora.ofa.entailment import OFAForVisualEntailment
 from velora.ofa.processor import OFAProcessor
 from velora.predictor import Predictor
+from velora.quantize import QuantizationPlan, group_of, plan_for
 
 INPUT_NAMES = ["patch_images", "input_ids", "decoder_input_ids", "answer_positions"]
 OUTPUT_NAME = "probabilities"
@@ -166,16 +168,43 @@ def _export_graph(graph: ScoringGraph, example: list[torch.Tensor], path: Path, 
                               input_names=INPUT_NAMES, output_names=[OUTPUT_NAME], dynamic_axes=DYNAMIC_AXES)
 
 
-def _quantize_int8(source: Path, target: Path) -> None:
+def linear_nodes(onnx_path: Path) -> dict[str, list[str]]:
+    """velora.quantize layer group -> names of the MatMul/Gemm nodes that compute its Linear layers, read from the
+    exporter's name scopes (torch.export) or node names (TorchScript: /model/encoder/layers.0/fc1/MatMul)."""
+    import onnx  # deferred: only --quantize needs it
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    groups: dict[str, list[str]] = {}
+    for node in graph.node:
+        if node.op_type not in INT8_OPS or not any(name in weights for name in node.input[1:2]):
+            continue
+        scopes = next((ast.literal_eval(p.value) for p in node.metadata_props
+                       if p.key == "pkg.torch.onnx.name_scopes"), None)
+        module = scopes[-2] if scopes and len(scopes) > 1 else ".".join(node.name.strip("/").split("/")[:-1])
+        group = group_of(module.removeprefix("model."))
+        if group is not None:
+            groups.setdefault(group, []).append(node.name)
+    return groups
+
+
+def quantize_onnx_int8(source: Path, target: Path, plan: QuantizationPlan) -> str:
+    """onnxruntime dynamic int8 of the MatMul/Gemm nodes of the plan's Linear groups: weights per output channel,
+    7-bit (reduce_range: 8-bit products saturate on CPUs without VNNI), activations quantized per call. The ResNet
+    stays fp32 here (onnxruntime's dynamic ConvInteger is slower than its fp32 Conv). Returns what was done."""
     from onnxruntime.quantization import QuantType, quantize_dynamic  # deferred: only --quantize needs it
 
+    groups = linear_nodes(source)
+    int8 = [g for g in plan.int8_groups if g in groups]
     logging.disable(logging.WARNING)  # its advice to run shape pre-processing, which fails on this graph
     try:
-        # Linear layers only: onnxruntime's ConvInteger is slower than its fp32 Conv (bench/export.py), and the
-        # tied embedding's rows are the answer scores (the Predictor's int8 mode keeps it float too).
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OPS)
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                         op_types_to_quantize=INT8_OPS, nodes_to_quantize=[n for g in int8 for n in groups[g]])
     finally:
         logging.disable(logging.NOTSET)
+    kept = [g for g in groups if g not in int8]
+    return (f"int8 dynamic, weights per channel (onnxruntime quantize_dynamic, QInt8 with reduce_range) on "
+            f"{', '.join(int8) or 'nothing'}" + (f"; fp32: {', '.join(kept)}" if kept else ""))
 
 
 def _write_sidecar(path: Path, predictor: Predictor, opset: int, quantization: str | None, exporter: str) -> None:
@@ -248,8 +277,8 @@ def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike, *, bas
     result = ExportResult(output, max_diff, fp32_path.stat().st_size)
     scorers = [fp32]
     if quantize:
-        _quantize_int8(fp32_path, output)
-        what = f"int8 dynamic (onnxruntime quantize_dynamic: {', '.join(INT8_OPS)} weights QInt8)"
+        adapter_or_model = Path(model_path) if Path(model_path).is_dir() else None
+        what = quantize_onnx_int8(fp32_path, output, plan_for(adapter_or_model, predictor.base_dir))
         _write_sidecar(output, predictor, opset, what, exporter)
         scorers.append(OnnxPredictor(output, predictor.processor))
         got = scorers[1].run(check)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 from tqdm.auto import tqdm
 
 from velora.adapters import attach_adapter
@@ -26,6 +25,7 @@ from velora.images import ImageSource, load_image
 from velora.labels import LABELS
 from velora.ofa.entailment import OFAForVisualEntailment
 from velora.ofa.processor import OFAProcessor
+from velora.quantize import QuantizationPlan, plan_for, quantize_model
 
 BASE = "base"  # adapter name that means "the base model, adapters off"
 DEFAULT_ADAPTER = "default"  # the adapter given as the model path
@@ -121,9 +121,10 @@ class Predictor:
             processors[DEFAULT_ADAPTER] = bundle.processor
         description = bundle.description
         if quantize:  # an adapter is merged in first: the result scores with the adapter's preprocessing
-            model, peft_model = _quantize(model, peft_model, quantize, device)
+            plan = plan_for(bundle.adapter_dir, bundle.base_dir)
+            model, peft_model = _quantize(model, peft_model, quantize, device, plan)
             processors = {BASE: bundle.processor}
-            description += f" ({quantize} dynamic quantization)"
+            description += f" ({plan.describe()})"
         model.to(device=device, dtype=dtype)
         if fuse_resnet:
             model.encoder.embed_images.fuse_for_inference_()
@@ -260,15 +261,12 @@ class Predictor:
         return contextlib.nullcontext()
 
 
-def _quantize(model: OFAForVisualEntailment, peft_model, mode: str, device: torch.device):
-    """int8 dynamic quantization of every Linear (CPU only); an adapter is merged in first."""
+def _quantize(model: OFAForVisualEntailment, peft_model, mode: str, device: torch.device, plan: QuantizationPlan):
+    """int8 (CPU only) where `plan` says, fp32 elsewhere (velora.quantize); an adapter is merged in first."""
     if mode != "int8":
-        raise VeloraError(f"unknown quantization {mode!r}; only 'int8' (dynamic, CPU) is supported")
+        raise VeloraError(f"unknown quantization {mode!r}; only 'int8' (CPU) is supported")
     if device.type != "cpu":
-        raise VeloraError("int8 dynamic quantization runs on CPU only; drop --quantize or use --device cpu")
+        raise VeloraError("int8 quantization runs on CPU only; drop --quantize or use --device cpu")
     if peft_model is not None:
         model = peft_model.merge_and_unload()
-    # the output projection stays float: it is the tied embedding matrix, read row-wise for the answer tokens
-    linears = {name: default_dynamic_qconfig for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Linear) and name != "decoder.output_projection"}
-    return quantize_dynamic(model, linears, dtype=torch.qint8), None
+    return quantize_model(model, plan), None

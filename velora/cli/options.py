@@ -5,6 +5,7 @@ token_normalize_func."""
 from __future__ import annotations
 
 import functools
+import time
 from typing import Callable
 
 import click
@@ -22,8 +23,8 @@ from velora.translate.detect import DETECTORS
 
 
 def model_options(f: Callable) -> Callable:
-    """--model_path / --base_model / --device / --dtype / --image_size, for every command that loads a model; the
-    command receives them as one `model` dict of ModelBundle/Predictor keyword arguments."""
+    """--model_path / --base_model / --device / --dtype / --image_size / --quantize, for every command that loads a
+    model; the command receives them as one `model` dict of ModelBundle/Predictor keyword arguments."""
     options = [
         click.option("--model_path", "--model_name_or_path", "model_path", envvar="VELORA_MODEL",
                      default=DEFAULT_MODEL_ID, show_default=True,
@@ -35,11 +36,15 @@ def model_options(f: Callable) -> Callable:
                      help="auto (fp32 on CPU, bf16/fp16 on GPU), float32, bfloat16, float16."),
         click.option("--image_size", type=int, default=None,
                      help="Override the model's image size (default: its configuration.json, else 480)."),
+        click.option("--quantize", type=click.Choice(["int8"]), default=None,
+                     help="CPU only: int8 weights (per channel) where measured to keep the probabilities, fp32 "
+                          "elsewhere (docs/cpu-inference.md)."),
     ]
 
     @functools.wraps(f)
-    def command(*args, model_path, base_model, device, dtype, image_size, **kwargs):
-        model = dict(model_path=model_path, base_model=base_model, device=device, dtype=dtype, image_size=image_size)
+    def command(*args, model_path, base_model, device, dtype, image_size, quantize, **kwargs):
+        model = dict(model_path=model_path, base_model=base_model, device=device, dtype=dtype, image_size=image_size,
+                     quantize=quantize)
         return f(*args, model=model, **kwargs)
 
     for option in reversed(options):
@@ -52,11 +57,18 @@ def resolve_bundle(model: dict) -> ModelBundle:
     return ModelBundle.resolve(model["model_path"], base_model=model["base_model"], image_size=model["image_size"])
 
 
-def load_predictor(model: dict, bundle: ModelBundle | None = None, quantize: str | None = None) -> Predictor:
-    """The one way commands load a model: say so on stderr (it can take a while), then Predictor.from_bundle."""
+def load_predictor(model: dict, bundle: ModelBundle | None = None, quantize: str | None = None,
+                   verbose: bool = False) -> Predictor:
+    """The one way commands load a model: say so on stderr (it can take a while), then Predictor.from_bundle;
+    `verbose` also says how long loading took."""
     bundle = bundle or resolve_bundle(model)
     click.echo(f"Loading {model['model_path']} ...", err=True)
-    return Predictor.from_bundle(bundle, device=model["device"], dtype=model["dtype"], quantize=quantize)
+    start = time.perf_counter()
+    predictor = Predictor.from_bundle(bundle, device=model["device"], dtype=model["dtype"],
+                                      quantize=quantize or model.get("quantize"))
+    if verbose:
+        click.echo(f"Loaded in {time.perf_counter() - start:.2f} s ({predictor.description})", err=True)
+    return predictor
 
 
 def image_options(f: Callable) -> Callable:

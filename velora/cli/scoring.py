@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -77,9 +78,10 @@ def _check_mode(ctx: click.Context) -> bool:
               help="Processes reading and decoding images beside the model [default: 1 on CPU, up to 8 per GPU].")
 @click.option("--overwrite", is_flag=True,
               help="Replace --output_file if it exists, and discard another run's unfinished progress.")
+@click.option("--verbose", is_flag=True, help="Also say how long loading the model and scoring took (stderr).")
 @translate_options
 def predict_command(model, image, premise, hypothesis, compare_base, as_json, input_file, output_file, images,
-                    batch_size, chunk_size, num_workers, overwrite, translate):
+                    batch_size, chunk_size, num_workers, overwrite, verbose, translate):
     """Say whether IMAGE (+ PREMISE) entails, contradicts or is neutral to HYPOTHESIS; or score every row of a
     file.
 
@@ -103,16 +105,19 @@ def predict_command(model, image, premise, hypothesis, compare_base, as_json, in
             raise click.UsageError("--translate works with --image for now, not yet with --input_file: convert the "
                                    "file with `velora convert --translate` first, or translate its columns")
         result = predict_file(bundle, input_file, output_file, device=model["device"], dtype=model["dtype"],
-                              **images, batch_size=batch_size, chunk_size=chunk_size, num_workers=num_workers,
-                              overwrite=overwrite, progress=True)
+                              quantize=model["quantize"], **images, batch_size=batch_size, chunk_size=chunk_size,
+                              num_workers=num_workers, overwrite=overwrite, progress=True)
         if result is not None:  # rank 0 reports
             click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
         return
     (texts,) = texts_to_score(translate, model["device"], [premise], [hypothesis])
     check_texts(bundle, texts.premise, texts.hypothesis)
     pixels = load_image(image)
-    predictor = load_predictor(model, bundle)
+    predictor = load_predictor(model, bundle, verbose=verbose)
+    start = time.perf_counter()
     result = predict(predictor, pixels, texts.premise, texts.hypothesis, compare_base=compare_base, name=image)
+    if verbose:
+        click.echo(f"Scored in {time.perf_counter() - start:.2f} s", err=True)
     if as_json:
         click.echo(json.dumps({**result.to_dict(), **(texts.to_dict() if texts.translated else {})}, indent=2,
                               ensure_ascii=False))

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from velora.errors import VeloraError
 from velora.ofa.config import OFAConfig
-from velora.ofa.model import OFAModel
+from velora.ofa.model import OFAModel, skip_init
 from velora.ofa.positions import derived_buffers
 
 SAFETENSORS, BIN = "model.safetensors", "pytorch_model.bin"
@@ -162,8 +162,8 @@ def tie_weights(model: OFAModel) -> None:
 
 def build_model(config: OFAConfig, state_dict: dict[str, torch.Tensor], model_cls: type[OFAModel] = OFAModel,
                 **init_kwargs: Any) -> OFAModel:
-    """A `model_cls` holding `state_dict`'s tensors, built on the meta device first (no random init, no copy)."""
-    with torch.device("meta"):
+    """A `model_cls` holding `state_dict`'s tensors, built on the meta device first (no initialiser, no copy)."""
+    with torch.device("meta"), skip_init():
         model = model_cls(config, **init_kwargs)
     state_dict = checkpoint_filter_fn(state_dict, model)
     model.load_state_dict(state_dict, strict=True, assign=True)

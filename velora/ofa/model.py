@@ -22,13 +22,16 @@ follows the encoder). There is no data-dependent branch, so `torch.export` trace
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
 from velora.ofa.config import RESNET_LAYERS, OFAConfig
@@ -43,6 +46,27 @@ def masked_bias(bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return bias
     return bias.masked_fill(mask, torch.finfo(bias.dtype).min)
+
+
+class _SkipInit(TorchFunctionMode):
+    """Turns `torch.nn.init` calls and tensors' in-place random fills into no-ops (this thread only)."""
+
+    RANDOM_FILLS = {torch.Tensor.normal_, torch.Tensor.uniform_}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init" or func in self.RANDOM_FILLS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Modules built inside run no initialiser (torch's `reset_parameters` nor OFA's `_init_weights`): for a
+    model built on the meta device whose every tensor a checkpoint then replaces. On meta, `normal_` alone goes
+    through `torch._refs` and costs seconds for OFA-large."""
+    with _SkipInit():
+        yield
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -452,6 +476,8 @@ class OFAModel(nn.Module):
         shared = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
         self.encoder = OFAEncoder(config, shared)
         self.decoder = OFADecoder(config, shared)
+        if shared.weight.is_meta:  # nothing to initialise: the values are loaded next (see skip_init)
+            return
         self.apply(self._init_weights)
         for table in [*self.encoder.token_rel_pos_table_list, *self.encoder.image_rel_pos_table_list,
                       *self.decoder.token_rel_pos_table_list, *self.decoder.image_rel_pos_table_list]:

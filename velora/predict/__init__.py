@@ -7,10 +7,23 @@
     outputs   the output file (CSV, JSONL or Parquet): input columns + predictions + error
     summary   counts, failures by reason, label distributions, metrics, throughput
     bulk      predict_file: the stages above, on one process or under torchrun
+
+The names below are imported on first use: a decoding worker imports velora.predict.prepare alone, not the model
+code and scikit-learn that the rest needs (seconds per worker).
 """
 
-from velora.predict.bulk import predict_file
-from velora.predict.single import PredictResult, predict
-from velora.predict.summary import BulkResult
+from __future__ import annotations
 
-__all__ = ["BulkResult", "PredictResult", "predict", "predict_file"]
+import importlib
+
+API = {"predict": "velora.predict.single", "PredictResult": "velora.predict.single",
+       "predict_file": "velora.predict.bulk", "BulkResult": "velora.predict.summary"}
+__all__ = sorted(API)
+
+
+def __getattr__(name: str):
+    if name not in API:
+        raise AttributeError(f"module 'velora.predict' has no attribute {name!r}")
+    value = getattr(importlib.import_module(API[name]), name)
+    globals()[name] = value
+    return value

@@ -148,6 +148,8 @@ def _start(model: Predictor | ModelBundle, processor: OFAProcessor, input_file: 
                 "processor": processor.config.to_dict(), "chunk_size": plan.chunk_size,
                 "image_root": str(Path(root).resolve()), "allow_outside_paths": images.allow_outside,
                 "limits": asdict(images.limits)}
+    if options["quantize"]:
+        settings["quantize"] = options["quantize"]
     identity = {"input": file_identity(input_file), "settings": settings}
     progress, done = open_progress(output, identity, overwrite)
     return Job(plan, images, progress, frozenset(done))
@@ -189,15 +191,16 @@ def _loader(job: Job, chunk_ids: list[int], processor: OFAProcessor, batch_size:
 
 def _score(load: Callable[[], Predictor], processor: OFAProcessor, job: Job, chunk_ids: list[int],
            batch_size: int, workers: int, show: bool) -> float:
-    """Score this process's chunks, writing each one's file as soon as its last batch is scored. Returns when
-    scoring started (after the model loaded)."""
+    """Score this process's chunks, writing each one's file as soon as its last batch is scored. Returns when the
+    first batch was ready (the model loaded, the workers started)."""
     batches = iter(_loader(job, chunk_ids, processor, batch_size, workers))  # workers start reading now
     predictor = load()
-    start = time.perf_counter()
+    first = None
     bar = tqdm(total=sum(job.plan.chunk_rows(k) for k in chunk_ids), desc="predict", unit="row", disable=not show)
     open_chunks: dict[int, list[dict]] = {}
     written = failed = 0
     for batch in batches:
+        first = first or time.perf_counter()
         rows = open_chunks.setdefault(batch.chunk, [])
         rows.extend(_score_batch(predictor, processor, batch))
         failed += sum(e is not None for e in batch.errors)
@@ -208,7 +211,7 @@ def _score(load: Callable[[], Predictor], processor: OFAProcessor, job: Job, chu
             written += 1
             _kill_point("chunks", written)
     bar.close()
-    return start
+    return first or time.perf_counter()
 
 
 def _merge(job: Job, output: Path, show: bool) -> Tally:
@@ -262,15 +265,16 @@ def predict_file(model: Predictor | ModelBundle | str | os.PathLike, input_file:
                  output_file: str | os.PathLike, *, device: str = "auto", dtype: str = "auto",
                  image_root: str | os.PathLike | None = None, allow_outside_paths: bool = False,
                  limits: ImageLimits | None = None, batch_size: int | None = None, chunk_size: int = 512,
-                 num_workers: int | None = None, overwrite: bool = False, progress: bool = False
-                 ) -> BulkResult | None:
+                 num_workers: int | None = None, overwrite: bool = False, progress: bool = False,
+                 quantize: str | None = None) -> BulkResult | None:
     """Score every row of `input_file` into `output_file` (see velora.predict.outputs for the columns).
 
     `model` is a loaded Predictor, or a ModelBundle / model path that each process loads on `device` with
     `dtype`. Images are found and checked as `velora convert` does (`image_root`, default the input file's
     folder; `allow_outside_paths`; `limits`). A row that cannot be scored gets an error, never stops the run.
     Rows go `chunk_size` at a time into OUT.progress/, so a stopped run resumes; `num_workers` processes decode
-    images (default: 1 on CPU, up to 8 per GPU). Under torchrun, returns the result on rank 0 and None elsewhere.
+    images (default: 1 on CPU, up to 8 per GPU); `quantize` "int8" loads the model as `Predictor` does with it
+    (CPU). Under torchrun, returns the result on rank 0 and None elsewhere.
     """
     if chunk_size < 1 or (batch_size is not None and batch_size < 1):
         raise VeloraError("--chunk_size and --batch_size must be 1 or more")
@@ -279,7 +283,7 @@ def predict_file(model: Predictor | ModelBundle | str | os.PathLike, input_file:
         return _run(model, Path(input_file), Path(output_file), ranks, overwrite, progress, batch_size, num_workers,
                     dict(device=_device_for(device, ranks), dtype=dtype, image_root=image_root,
                          allow_outside_paths=allow_outside_paths, limits=image_limits(limits),
-                         chunk_size=chunk_size))
+                         chunk_size=chunk_size, quantize=quantize))
     finally:
         ranks.close()
 
@@ -289,6 +293,7 @@ def _run(model, input_file: Path, output: Path, ranks: Ranks, overwrite: bool, s
     if not isinstance(model, (Predictor, ModelBundle)):
         model = ModelBundle.resolve(model)
     processor = model.processor
+    began = time.perf_counter()
     job: Job = ranks.share(lambda: _start(model, processor, input_file, output, options, overwrite))
     show = show and ranks.rank == 0
     pending = job.pending
@@ -302,15 +307,17 @@ def _run(model, input_file: Path, output: Path, ranks: Ranks, overwrite: bool, s
         if isinstance(model, Predictor):
             return model
         _say(f"Loading {model.description} ...", show)
-        return Predictor.from_bundle(model, device=options["device"], dtype=options["dtype"])
+        return Predictor.from_bundle(model, device=options["device"], dtype=options["dtype"],
+                                     quantize=options["quantize"])
 
-    start = _score(load, processor, job, mine, batch, workers, show)
+    first_batch = _score(load, processor, job, mine, batch, workers, show)
     ranks.wait()
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - first_batch
     if ranks.rank != 0:
         return None
     tally = _merge(job, output, show)
     job.progress.finish(output)
     return BulkResult.from_tally(tally, output=str(output), seconds=seconds, processes=ranks.world,
+                                 startup_seconds=first_batch - began,
                                  rows_this_run=sum(job.plan.chunk_rows(k) for k in pending),
                                  resumed_chunks=len(job.done))

@@ -13,7 +13,7 @@ import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Container, Iterator
+from typing import Any, Collection, Iterator
 
 from velora.convert.issues import RowIssue
 from velora.convert.columns import field_of
@@ -82,11 +82,15 @@ def scan_input(path: str | os.PathLike, chunk_size: int) -> InputPlan:
                      tuple(types.items()))
 
 
-def chunks(reader: InputReader, chunk_size: int, wanted: Container[int] | None = None
+def chunks(reader: InputReader, chunk_size: int, wanted: Collection[int] | None = None
            ) -> Iterator[tuple[int, list[Item]]]:
-    """(chunk number, its rows) in input order; rows of chunks not `wanted` are read past without being kept."""
+    """(chunk number, its rows) in input order; rows of chunks not `wanted` are read past without being kept, and
+    reading stops after the last one wanted."""
+    last = max(wanted, default=-1) if wanted is not None else None
     records = reader.records()
     for chunk in itertools.count():
+        if last is not None and chunk > last:
+            return
         block = itertools.islice(records, chunk_size)
         if wanted is not None and chunk not in wanted:
             if sum(1 for _ in block) == 0:  # read past the chunk

@@ -68,6 +68,7 @@ class BulkResult:
     metrics: Metrics | None  # on the rows with a label that were scored
     rows_this_run: int  # scored (or failed) by this run: fewer than rows when it resumed
     seconds: float  # this run's scoring, from the first batch to the last chunk written by every process
+    startup_seconds: float  # before the first batch: the plan, loading the model, starting the workers
     processes: int
     resumed_chunks: int  # chunks already finished when this run started
 
@@ -107,5 +108,6 @@ class BulkResult:
                       f"{m.macro_avg['f1']:.4f}, weighted F1 {m.weighted_avg['f1']:.4f}", m.report.rstrip("\n")]
         resumed = f"; resumed with {self.resumed_chunks:,} chunks already done" if self.resumed_chunks else ""
         lines.append(f"Throughput: {self.rows_this_run:,} rows in {self.seconds:.1f} s = {self.rows_per_second:.1f} "
-                     f"rows/s ({self.processes} process{'es' if self.processes > 1 else ''}{resumed})")
+                     f"rows/s ({self.processes} process{'es' if self.processes > 1 else ''}{resumed}), after "
+                     f"{self.startup_seconds:.1f} s loading the model and starting workers")
         return "\n".join(lines)

@@ -41,7 +41,7 @@ STATIC = Path(__file__).parent / "static"
 def load_predictor(settings: ServeSettings) -> Predictor:
     predictor = Predictor.from_pretrained(settings.model_path, base_model=settings.base_model,
                                           device=settings.device, dtype=settings.dtype,
-                                          image_size=settings.image_size)
+                                          image_size=settings.image_size, quantize=settings.quantize)
     return attach_adapters(predictor, settings.adapters)
 
 

@@ -20,6 +20,7 @@ class ServeSettings:
     device: str = "auto"
     dtype: str = "auto"
     image_size: int | None = None
+    quantize: str | None = None  # "int8": CPU int8 where measured to keep the probabilities (velora.quantize)
     adapters: dict[str, str] = field(default_factory=dict)  # extra LoRA adapters on the same base: name -> dir
     api_key: str | None = None  # None: open; else X-API-Key or Authorization: Bearer on /check*
     max_batch_size: int = 16  # 1 turns micro-batching off
