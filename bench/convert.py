@@ -1,6 +1,6 @@
 """Throughput of `velora convert`: rows/s for a CSV of N rows with small JPEGs, 1 vs 2 image-check processes.
 
-    python bench/convert.py [--rows 20000] [--rows-per-image 1] [--size 64] [--procs 1 2] [--workdir DIR]
+    python bench/convert.py [--csv_rows 20000] [--rows-per-image 1] [--size 64] [--procs 1 2] [--workdir DIR]
 
 Writes the images and CSV to a temporary folder (or --workdir, kept), then times, for each process count, the
 checking stage alone (`check_input`: parse, resolve, decode every image, hash) and the whole `convert` (checks +
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common import Report, add_report_arguments
 from velora.convert import check_input, convert
 
 LABELS = ("entailment", "contradiction", "neutral")
@@ -74,50 +75,51 @@ def make_corpus(folder: Path, rows: int, rows_per_image: int, size: int) -> Path
     return csv_path
 
 
+COLUMNS = ["processes", "check only: s", "check rows/s", "convert: s", "convert rows/s", "convert speed-up",
+           "CPU capacity"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--csv_rows", type=int, default=20_000, help="rows in the CSV")
     parser.add_argument("--rows-per-image", type=int, default=1)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--workdir", type=Path, default=None)
+    pre = argparse.ArgumentParser(add_help=False)  # the row names depend on --procs
+    pre.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    procs_levels = pre.parse_known_args()[0].procs
+    add_report_arguments(parser, [f"procs-{p}" for p in procs_levels])
     args = parser.parse_args()
+    report = Report("convert", COLUMNS, args)
 
     with tempfile.TemporaryDirectory(prefix="velora-bench-convert-") as tmp:
         work = args.workdir or Path(tmp)
         t0 = time.perf_counter()
-        csv_path = make_corpus(work, args.rows, args.rows_per_image, args.size)
-        n_images = -(-args.rows // args.rows_per_image)
+        csv_path = make_corpus(work, args.csv_rows, args.rows_per_image, args.size)
+        n_images = -(-args.csv_rows // args.rows_per_image)
         mean_kb = sum(p.stat().st_size for p in (work / "images").iterdir()) / n_images / 1024
-        print(f"corpus: {args.rows:,} rows, {n_images:,} JPEGs {args.size}x{args.size} (~{mean_kb:.1f} KiB), "
-              f"made in {time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs, Python {platform.python_version()}")
-
-        capacity = {p: cpu_capacity(p) for p in args.procs if p > 1}
-        results = []
-        for procs in args.procs:
+        report.note(f"corpus: {args.csv_rows:,} rows, {n_images:,} JPEGs {args.size}x{args.size} (~{mean_kb:.1f} KiB),"
+                    f" made in {time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs, Python "
+                    f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f}")
+        base_total = None
+        for procs in [p for p in procs_levels if report.wanted(f"procs-{p}")]:
+            capacity = cpu_capacity(procs) if procs > 1 else 1.0  # measured now, beside the row it qualifies
             t = time.perf_counter()
             checked = check_input(csv_path, num_proc=procs)
             check_s = time.perf_counter() - t
-            assert checked.report.kept == args.rows, checked.report.summary()
-            out = work / f"out_{procs}"
+            assert checked.report.kept == args.csv_rows, checked.report.summary()
             t = time.perf_counter()
-            report = convert(csv_path, out, num_proc=procs, overwrite=True)
+            kept = convert(csv_path, work / f"out_{procs}", num_proc=procs, overwrite=True).kept
             total_s = time.perf_counter() - t
-            assert report.kept == args.rows
-            results.append((procs, check_s, total_s))
-
-        base_check, base_total = results[0][1], results[0][2]
-        print()
-        print("| processes | check only: s | check rows/s | convert: s | convert rows/s | convert speed-up |")
-        print("|---:|---:|---:|---:|---:|---:|")
-        for procs, check_s, total_s in results:
-            print(f"| {procs} | {check_s:.1f} | {args.rows / check_s:,.0f} | {total_s:.1f} "
-                  f"| {args.rows / total_s:,.0f} "
-                  f"| {base_total / total_s:.2f}x |")
-        print("\ncheck-only speed-up: " + ", ".join(f"{p} procs {base_check / c:.2f}x" for p, c, _ in results))
-        print("CPU capacity measured in this run (pure-CPU tasks, N processes vs 1; an idle machine gives ~N): "
-              + ", ".join(f"{p} procs {c:.2f}x" for p, c in capacity.items()))
-        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+            assert kept == args.csv_rows
+            base_total = base_total or total_s
+            report.row(f"procs-{procs}", {
+                "processes": procs, "check only: s": f"{check_s:.1f}", "check rows/s": f"{args.csv_rows / check_s:,.0f}",
+                "convert: s": f"{total_s:.1f}", "convert rows/s": f"{args.csv_rows / total_s:,.0f}",
+                "convert speed-up": f"{base_total / total_s:.2f}x", "CPU capacity": f"{capacity:.2f}x"})
+        report.note("CPU capacity: pure-CPU tasks in N processes vs 1, measured just before the row (an idle machine "
+                    f"gives ~N); load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,13 @@ q_proj/v_proj):
     torch fp32 merged, torch fp16 merged, torch bf16 merged          (`velora merge [--dtype ...]`)
     ONNX fp32, ONNX int8 (dynamic)                                   (`velora export onnx [--quantize int8]`)
 
-    python bench/export.py [--repeats 3] [--rounds 2] [--threads 1] [--image_size 480] [--skip_half]
+    python bench/export.py [--repeats 3] [--rounds 2] [--threads 1] [--image_size 480] [--rows ROWS]
 
-One example end to end (image preprocessing, prompt encoding, model), each form in fresh processes (--rounds,
-interleaved), best of --repeats runs after a warm-up; the speed ratio is against the baseline measured in the same
-run. With one thread per runtime (the default) the CPU time is the robust figure on a shared machine and the wall
-time equals it on an idle one. fp16 matmuls on a CPU without native fp16 are emulated and slow: that row is a size
-figure for GPUs and edge boxes, its CPU latency is reported as measured (once, when over 10 s).
+One example end to end (image preprocessing, prompt encoding, model), each form in fresh processes, alternating
+with the baseline for --rounds rounds, best of --repeats runs after a warm-up; each row is printed once measured,
+its speed ratio against the baseline measured alongside it. With one thread per runtime (the default) the CPU time
+is the robust figure on a shared machine and the wall time equals it on an idle one. The fp16 and bf16 rows run only
+on a CPU with native units for them (AVX-512 FP16/BF16, AMX); elsewhere a line says they were skipped.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import markdown_table
+from common import Report, add_report_arguments, cpu_flags, machine_line
 from velora.export import OnnxPredictor, export_onnx
 from velora.merge import human_size, merge_lora
 from velora.bundle import save_model_dir
@@ -101,63 +101,82 @@ def isolated(form: str, path: Path, repeats: int, threads: int) -> tuple[float, 
     return float(wall), float(cpu)
 
 
+ROWS = ["torch-fp32-lora", "torch-fp32-merged", "torch-fp16-merged", "torch-bf16-merged", "onnx-fp32",
+        "onnx-fp32-torchscript", "onnx-int8"]
+COLUMNS = ["form", "wall ms", "CPU ms", "baseline CPU ms", "speed vs baseline (CPU)", "size on disk"]
+HALF = {"torch-fp16-merged": ("float16", {"avx512_fp16", "amx_fp16"}, "fp16"),
+        "torch-bf16-merged": ("bfloat16", {"avx512_bf16", "amx_bf16"}, "bf16")}
+
+
+def build_forms(tmp: Path, args, report: Report) -> dict[str, tuple[str, str, Path, int]]:
+    """Row -> (label, form, path, size) of the selected rows, writing only what they need."""
+    start = time.perf_counter()
+    base = write_base(tmp / "base", args.image_size)
+    adapter = write_adapter(base, tmp / "lora")
+    report.note(f"wrote OFA-base-size model + adapter in {time.perf_counter() - start:.0f}s")
+    forms = {"torch-fp32-lora": ("torch fp32 + LoRA adapter", "float32", adapter,
+                                 files_size(base / "model.safetensors", adapter / "adapter_model.safetensors"))}
+    needs_fp32 = report.any_wanted("torch-fp32-merged", "onnx-*")
+    for row, dtype in (("torch-fp32-merged", "float32"), ("torch-fp16-merged", "float16"),
+                       ("torch-bf16-merged", "bfloat16")):
+        if report.wanted(row) or (dtype == "float32" and needs_fp32):
+            start = time.perf_counter()
+            merged = merge_lora(adapter, tmp / f"merged_{dtype}", dtype=dtype)
+            report.note(f"merge {dtype}: {time.perf_counter() - start:.0f}s")
+            forms[row] = (f"torch {dtype} merged", dtype, merged.output_dir,
+                          files_size(merged.output_dir / "model.safetensors"))
+    if report.any_wanted("onnx-fp32", "onnx-int8"):
+        start = time.perf_counter()
+        exported = export_onnx(tmp / "merged_float32", tmp / "onnx" / "model.onnx", quantize="int8")
+        report.note(f"export (torch.export) + int8: {time.perf_counter() - start:.0f}s")
+        forms["onnx-fp32"] = ("ONNX fp32 (torch.export)", "onnx", exported.fp32_path, exported.fp32_size_bytes)
+        forms["onnx-int8"] = ("ONNX int8 (`velora export --quantize int8`)", "onnx", exported.output,
+                              exported.size_bytes)
+    if report.wanted("onnx-fp32-torchscript"):
+        start = time.perf_counter()
+        legacy = export_onnx(tmp / "merged_float32", tmp / "onnx_legacy" / "model.onnx", exporter="torchscript")
+        report.note(f"export (TorchScript exporter): {time.perf_counter() - start:.0f}s")
+        forms["onnx-fp32-torchscript"] = ("ONNX fp32 (TorchScript exporter)", "onnx", legacy.output, legacy.size_bytes)
+    return forms
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="Timed runs per process, after one warm-up.")
-    parser.add_argument("--rounds", type=int, default=2, help="Fresh processes per form, interleaved.")
+    parser.add_argument("--rounds", type=int, default=2, help="Fresh processes per form, alternating with the baseline.")
     parser.add_argument("--image_size", type=int, default=480)
-    parser.add_argument("--skip_half", action="store_true", help="Skip the fp16/bf16 rows (slow on CPU).")
     parser.add_argument("--threads", type=int, default=1,
                         help="Threads per runtime (1: CPU time is then a fair measure on a busy machine).")
     parser.add_argument("--time", nargs=2, metavar=("FORM", "PATH"), help=argparse.SUPPRESS)
+    add_report_arguments(parser, ROWS)
     args = parser.parse_args()
     if args.time:
         print(*latency(args.time[0], Path(args.time[1]), args.repeats, args.threads))
         return
-    print(f"torch {torch.__version__}, {args.threads} thread(s) per runtime, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")
-
+    report = Report("export", COLUMNS, args)
+    report.note(f"{machine_line()}; {args.threads} thread(s) per runtime")
+    for row, (_, flags, name) in HALF.items():
+        if report.wanted(row) and not cpu_flags() & flags:
+            report.skip(row, f"this CPU has no {name} units ({' or '.join(sorted(flags))}): torch emulates {name} "
+                             "matmuls, so its latency here says nothing (the size on disk is half of fp32's)")
+            report.selected.remove(row)
     with tempfile.TemporaryDirectory(prefix="velora-bench-export-") as tmp:
-        tmp = Path(tmp)
-        start = time.perf_counter()
-        base = write_base(tmp / "base", args.image_size)
-        adapter = write_adapter(base, tmp / "lora")
-        print(f"wrote OFA-base-size model + adapter in {time.perf_counter() - start:.0f}s")
-
-        forms = [("torch fp32 + LoRA adapter", "float32", adapter,
-                  files_size(base / "model.safetensors", adapter / "adapter_model.safetensors"))]
-        for name in ["float32"] + ([] if args.skip_half else ["float16", "bfloat16"]):
-            start = time.perf_counter()
-            merged = merge_lora(adapter, tmp / f"merged_{name}", dtype=name)
-            print(f"merge {name}: {time.perf_counter() - start:.0f}s")
-            forms.append((f"torch {name} merged", name, merged.output_dir,
-                          files_size(merged.output_dir / "model.safetensors")))
-
-        start = time.perf_counter()
-        exported = export_onnx(tmp / "merged_float32", tmp / "onnx" / "model.onnx", quantize="int8")
-        print(f"export (torch.export) + int8: {time.perf_counter() - start:.0f}s")
-        start = time.perf_counter()
-        legacy = export_onnx(tmp / "merged_float32", tmp / "onnx_legacy" / "model.onnx", exporter="torchscript")
-        print(f"export (TorchScript exporter): {time.perf_counter() - start:.0f}s")
-        forms.append(("ONNX fp32 (torch.export)", "onnx", exported.fp32_path, exported.fp32_size_bytes))
-        forms.append(("ONNX fp32 (TorchScript exporter)", "onnx", legacy.output, legacy.size_bytes))
-        forms.append(("ONNX int8 (dynamic)", "onnx", exported.output, exported.size_bytes))
-
-        best = {name: (float("inf"), float("inf")) for name, *_ in forms}
-        for round_ in range(args.rounds):  # interleaved, so a burst of load elsewhere hits every form alike
-            for name, form, path, _ in forms:
-                if round_ and best[name][0] > SLOW_SECONDS:
-                    continue
+        forms = build_forms(Path(tmp), args, report)
+        _, base_form, base_path, _ = forms["torch-fp32-lora"]
+        for row in [r for r in ROWS if report.wanted(r)]:
+            label, form, path, size = forms[row]
+            best, baseline = (float("inf"), float("inf")), float("inf")
+            for _ in range(args.rounds):  # alternating, so a burst of load elsewhere hits both alike
+                baseline = min(baseline, isolated(base_form, base_path, args.repeats, args.threads)[1])
                 wall, cpu = isolated(form, path, args.repeats, args.threads)
-                best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
-            print(f"round {round_ + 1}/{args.rounds} done, load average {os.getloadavg()[0]:.1f}")
-        rows = [[name, *best[name], size] for name, _, _, size in forms]
-        baseline = best[forms[0][0]][1]
+                best = (min(best[0], wall), min(best[1], cpu))
+                if best[0] > SLOW_SECONDS:
+                    break
+            report.row(row, {"form": label, "wall ms": f"{best[0] * 1000:.0f}", "CPU ms": f"{best[1] * 1000:.0f}",
+                             "baseline CPU ms": f"{baseline * 1000:.0f}",
+                             "speed vs baseline (CPU)": f"{baseline / best[1]:.2f}x", "size on disk": human_size(size)})
+    report.note(f"OFA-base size, {args.image_size} px, batch 1; load average now {os.getloadavg()[0]:.1f}")
 
-    table = [[name, f"{wall * 1000:.0f}", f"{cpu * 1000:.0f}", f"{baseline / cpu:.2f}x", human_size(size)]
-             for name, wall, cpu, size in rows]
-    print(f"\nOFA-base size, {args.image_size} px, batch 1, {args.threads} thread(s), {os.cpu_count()}-CPU machine")
-    print(markdown_table(["form", "wall ms", "CPU ms", "speed vs baseline (CPU)", "size on disk"], table))
 
 if __name__ == "__main__":
     main()

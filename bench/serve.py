@@ -9,6 +9,7 @@ time spent in model calls, and the server's CPU ms per request (steadier than wa
 
     python bench/serve.py                       # the default preset, concurrency 1 16 64
     python bench/serve.py --preset small --requests 64
+    python bench/serve.py --rows 'c16-*'        # one concurrency (both servers are always measured, ABBA)
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Report, add_report_arguments, machine_line  # noqa: E402
 
 # Presets: OFA-base's shape (d 768, 6+6 layers, resnet101, 480 px) scaled down until a 2-core CPU finishes the
 # whole run in a few minutes. "cpu" is compute-bound on CPU (the ResNet dominates); "small" is closer to how a
@@ -149,6 +153,10 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
+COLUMNS = ["concurrency", "batching", "req/s", "p50 ms", "p95 ms", "mean batch", "model busy", "server CPU ms/req"]
+MODES = ("batched", "unbatched")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -156,64 +164,72 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48, help="per round, at least 2x concurrency (4 rounds)")
     parser.add_argument("--max_wait_ms", type=float, default=10.0)
     parser.add_argument("--max_batch_size", type=int, default=16, help="of the batched server")
+    pre = argparse.ArgumentParser(add_help=False)  # the row names depend on --concurrency
+    pre.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    levels = pre.parse_known_args()[0].concurrency
+    add_report_arguments(parser, [f"c{c}-{mode}" for c in levels for mode in MODES])
     args = parser.parse_args()
-
-    import torch
+    report = Report(f"serve-{args.preset}", COLUMNS, args)
 
     model_dir = checkpoint(args.preset)
     config, image_size = PRESETS[args.preset]
     images = camera_images(32)
     logs = Path(tempfile.mkdtemp(prefix="velora-bench-serve-logs-"))
-    print(f"preset {args.preset}: {config}, image {image_size} px; {os.cpu_count()} CPUs, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads; server logs in {logs}", flush=True)
+    report.note(f"preset {args.preset}: {config}, image {image_size} px; {machine_line()}; server logs in {logs}")
     servers = {}
+    results: dict[tuple[int, str], dict] = {}
     try:
-        for mode, size in (("batched", args.max_batch_size), ("unbatched", 1)):
+        for mode, size in zip(MODES, (args.max_batch_size, 1)):
             servers[mode] = start_server(model_dir, size, args.max_wait_ms, logs / f"{mode}.log")
-        results: dict[tuple[int, str], dict] = {}
-        for concurrency in args.concurrency:
-            n = max(args.requests, 2 * concurrency)
-            for mode in ("batched", "unbatched"):  # warm-up at this concurrency
-                asyncio.run(load(servers[mode][1], images, concurrency, concurrency))
-            for mode in ("batched", "unbatched", "unbatched", "batched"):
-                process, url = servers[mode]
-                before, cpu_before = model_counters(url), cpu_seconds(process.pid)
-                seconds, latencies = asyncio.run(load(url, images, concurrency, n))
-                moved = [b - a for a, b in zip(before, model_counters(url))]
-                row = results.setdefault((concurrency, mode),
-                                         {"wall": 0.0, "lat": [], "model": [0.0, 0.0, 0.0], "cpu": 0.0})
-                row["cpu"] += cpu_seconds(process.pid) - cpu_before
-                row["wall"] += seconds
-                row["lat"] += latencies
-                row["model"] = [x + y for x, y in zip(row["model"], moved)]
-            print(f"  concurrency {concurrency} done", flush=True)
+        for concurrency in [c for c in levels if report.any_wanted(f"c{c}-*")]:
+            measure_level(servers, images, concurrency, max(args.requests, 2 * concurrency), results)
+            for mode in MODES:
+                if report.wanted(f"c{concurrency}-{mode}"):
+                    report.row(f"c{concurrency}-{mode}", row_values(results[(concurrency, mode)], concurrency, mode,
+                                                                    args.max_batch_size))
     finally:
         for process, _ in servers.values():
             process.terminate()
             process.wait(60)
-    report(results, args.concurrency, args.max_batch_size)
+    summary(results, levels)
 
 
-def report(results: dict, levels: list[int], max_batch_size: int) -> None:
-    rows = ["| concurrency | batching | req/s | p50 ms | p95 ms | mean batch | model busy | server CPU ms/req |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    rps = {}
-    for concurrency in levels:
-        for mode in ("batched", "unbatched"):
-            row = results[(concurrency, mode)]
-            lat, (examples, calls, model_seconds) = row["lat"], row["model"]
-            rps[(concurrency, mode)] = len(lat) / row["wall"]
-            rows.append(f"| {concurrency} | {f'on ({max_batch_size})' if mode == 'batched' else 'off (1)'} | "
-                        f"{rps[(concurrency, mode)]:.1f} | {percentile(lat, 50):.0f} | {percentile(lat, 95):.0f} | "
-                        f"{examples / max(calls, 1):.1f} | {100 * model_seconds / row['wall']:.0f}% | "
-                        f"{1000 * row['cpu'] / len(lat):.0f} |")
-    print("\n".join(rows))
-    single = statistics.median(results[(levels[0], "unbatched")]["lat"])
-    for concurrency in levels:
+def measure_level(servers: dict, images: list[bytes], concurrency: int, n: int, results: dict) -> None:
+    """Both servers at one concurrency, in ABBA order after a warm-up, accumulated into `results`."""
+    for mode in MODES:  # warm-up at this concurrency
+        asyncio.run(load(servers[mode][1], images, concurrency, concurrency))
+    for mode in ("batched", "unbatched", "unbatched", "batched"):
+        process, url = servers[mode]
+        before, cpu_before = model_counters(url), cpu_seconds(process.pid)
+        seconds, latencies = asyncio.run(load(url, images, concurrency, n))
+        moved = [b - a for a, b in zip(before, model_counters(url))]
+        row = results.setdefault((concurrency, mode), {"wall": 0.0, "lat": [], "model": [0.0, 0.0, 0.0], "cpu": 0.0})
+        row["cpu"] += cpu_seconds(process.pid) - cpu_before
+        row["wall"] += seconds
+        row["lat"] += latencies
+        row["model"] = [x + y for x, y in zip(row["model"], moved)]
+
+
+def row_values(row: dict, concurrency: int, mode: str, max_batch_size: int) -> dict:
+    lat, (examples, calls, model_seconds) = row["lat"], row["model"]
+    return {"concurrency": concurrency, "batching": f"on ({max_batch_size})" if mode == "batched" else "off (1)",
+            "req/s": f"{len(lat) / row['wall']:.1f}", "p50 ms": f"{percentile(lat, 50):.0f}",
+            "p95 ms": f"{percentile(lat, 95):.0f}", "mean batch": f"{examples / max(calls, 1):.1f}",
+            "model busy": f"{100 * model_seconds / row['wall']:.0f}%",
+            "server CPU ms/req": f"{1000 * row['cpu'] / len(lat):.0f}"}
+
+
+def summary(results: dict, levels: list[int]) -> None:
+    measured = [c for c in levels if (c, "batched") in results]
+    if not measured:
+        return
+    rps = {key: len(r["lat"]) / r["wall"] for key, r in results.items()}
+    single = statistics.median(results[(measured[0], "unbatched")]["lat"])
+    for concurrency in measured:
         print(f"concurrency {concurrency}: batched / unbatched throughput = "
               f"{rps[(concurrency, 'batched')] / rps[(concurrency, 'unbatched')]:.2f}x; batched p95 / single-request "
-              f"p50 (concurrency {levels[0]}, unbatched) = "
-              f"{percentile(results[(concurrency, 'batched')]['lat'], 95) / single:.2f}x")
+              f"p50 (concurrency {measured[0]}, unbatched) = "
+              f"{percentile(results[(concurrency, 'batched')]['lat'], 95) / single:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

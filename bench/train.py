@@ -6,7 +6,11 @@
   velora LoRA with cached features under bf16 autocast (`velora train --bf16 true` on a CPU with AVX-512 BF16/AMX)
   the reference implementation wrapped with PEFT LoRA (shared/oracle venv), fp32 and under bf16 autocast
 
-    python bench/train.py [--batch 4] [--steps 3]
+    python bench/train.py [--batch 4] [--steps 3] [--rows ROWS]
+
+Rows are printed as each configuration finishes (the reference first, then full fine-tuning: the two the ratios
+are taken against). The bf16 rows run only on a CPU with AVX-512 BF16 or AMX; elsewhere a line says they were
+skipped (emulated bf16 took over 20 minutes on a 2-core AVX2 CPU).
 
 Each configuration runs in its own process, so its peak RSS is its own; memory is reported as the peak above the
 RSS after the model is loaded (weights are the same in every configuration).
@@ -25,7 +29,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ORACLE_PYTHON, REPO, SHARED, markdown_table, reference_checkpoint  # noqa: E402
+from common import (ORACLE_PYTHON, REPO, SHARED, Report, add_report_arguments, machine_line,  # noqa: E402
+                    native_bf16, reference_checkpoint)
 
 CONFIGS = ["lora_cached", "lora_uncached", "full", "lora_cached_bf16", "reference_peft", "reference_peft_bf16"]
 VELORA_CONFIGS = [c for c in CONFIGS if not c.startswith("reference")]
@@ -111,25 +116,43 @@ def run(config: str, model_dir: Path, args) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+LABELS = {"lora_cached": "velora LoRA, ResNet features computed once (what `velora train` does)",
+          "lora_uncached": "velora LoRA, ResNet every step", "full": "velora full fine-tuning",
+          "lora_cached_bf16": "velora LoRA, features once, bf16 autocast (`--bf16 true`)",
+          "reference_peft": "reference + PEFT LoRA, fp32", "reference_peft_bf16": "reference + PEFT LoRA, bf16 autocast"}
+ORDER = ["reference_peft", "full", "lora_cached", "lora_uncached", "lora_cached_bf16", "reference_peft_bf16"]
+COLUMNS = ["configuration", "samples/s", "s/step", "peak MB above weights", "speed vs reference+PEFT (fp32)",
+           "memory vs full FT"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--worker", choices=VELORA_CONFIGS)
+    add_report_arguments(parser, CONFIGS)
     args = parser.parse_args()
     model_dir = reference_checkpoint()
     if args.worker:
         print(json.dumps(worker(args.worker, model_dir, args.batch, 480, args.steps)))
         return
-    results = {config: run(config, model_dir, args) for config in CONFIGS}
-    reference, full = results["reference_peft"], results["full"]
-    rows = [[name, f"{r['samples_per_second']:.3f}", f"{r['seconds_per_step']:.2f}",
-             f"{r['peak_mb_above_weights']:.0f}",
-             f"{r['samples_per_second'] / reference['samples_per_second']:.2f}x",
-             f"{r['peak_mb_above_weights'] / full['peak_mb_above_weights']:.2f}x"] for name, r in results.items()]
-    print(f"batch {args.batch}, 480 px, {torch.get_num_threads()} threads, {args.steps} timed steps after 1 warm-up")
-    print(markdown_table(["configuration", "samples/s", "s/step", "peak MB above weights", "speed vs reference+PEFT",
-                          "memory vs full FT"], rows))
+    report = Report("train", COLUMNS, args)
+    report.note(f"{machine_line()}; batch {args.batch}, 480 px, {args.steps} timed steps after 1 warm-up")
+    results: dict[str, dict] = {}
+    for config in [c for c in ORDER if report.wanted(c)]:
+        if config.endswith("_bf16") and not native_bf16():
+            report.skip(config, "bf16 without AVX-512 BF16 or AMX units is emulated (over 20 minutes on a 2-core "
+                                "CPU); run on a CPU that has them")
+            continue
+        r = results[config] = run(config, model_dir, args)
+        reference, full = results.get("reference_peft"), results.get("full")
+        report.row(config, {
+            "configuration": LABELS[config], "samples/s": f"{r['samples_per_second']:.3f}",
+            "s/step": f"{r['seconds_per_step']:.2f}", "peak MB above weights": f"{r['peak_mb_above_weights']:.0f}",
+            "speed vs reference+PEFT (fp32)":
+                f"{r['samples_per_second'] / reference['samples_per_second']:.2f}x" if reference else "-",
+            "memory vs full FT": f"{r['peak_mb_above_weights'] / full['peak_mb_above_weights']:.2f}x" if full else "-",
+            **r})
 
 
 if __name__ == "__main__":
