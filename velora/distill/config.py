@@ -53,6 +53,9 @@ class DistillConfig(TrainConfig):
     test_file: str | None = field(default=None, metadata={
         "help": "Labelled CSV/JSONL or `velora convert` folder (every split) held out for the edge report, beside "
                 "the validation split."})
+    teacher_cache: str | None = field(default=None, metadata={
+        "help": "The teacher's answers file (default: OUTPUT_DIR/teacher_probabilities.json); give one path to "
+                "several runs with the same teacher (other students or settings) to score the teacher once."})
     teacher_batch_size: int = field(default=16, metadata={"help": "Rows per teacher batch when scoring once."})
     report_latency_runs: int = field(default=5, metadata={
         "help": "Timed runs per model for the edge report's latency (0: no latency)."})

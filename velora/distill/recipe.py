@@ -25,12 +25,14 @@ from transformers import TrainerCallback
 from velora.bundle import ModelBundle
 from velora.distill.card import distill_card, summary_lines
 from velora.distill.config import DistillConfig, load_distill_config
-from velora.distill.report import REPORT_NAME, edge_report
-from velora.distill.teacher import CACHE_NAME, Row, TeacherCache, teacher_identity
+from velora.data import ALL_SPLITS, ExampleSet, image_source, load_examples
+from velora.distill.report import REPORT_NAME, Split, edge_report
+from velora.distill.teacher import CACHE_NAME, Row, TeacherCache, image_digest, teacher_identity
 from velora.distill.trainer import NO_GOLD, DistillTrainer, TaughtCollator, TaughtDataset
 from velora.distill.unlabeled import UnlabeledRows, read_unlabeled
 from velora.errors import VeloraError
 from velora.io import is_within, write_atomic, write_json_atomic
+from velora.labels import LABELS
 from velora.ofa.checkpoint import weights_file
 from velora.predict.inputs import file_identity
 from velora.predictor import Predictor
@@ -107,9 +109,12 @@ class DistillRecipe(LoRARecipe):
             self.add_unlabeled(self.unlabeled)
             print(self.unlabeled.summary())
         train_rows, val_rows = teacher_rows(self.data.train), teacher_rows(self.data.validation)
-        self.cache = TeacherCache(self.output_dir / CACHE_NAME, self.teacher_id)
-        self.cache.fill(train_rows + val_rows, self.teacher_predictor, c.teacher_batch_size,
-                        load=lambda row: self.data.store.read(row.image))
+        self.test = load_examples(c.test_file, ALL_SPLITS) if c.test_file else None  # fails before any scoring
+        self.test_rows = test_rows(self.test) if self.test is not None else []
+        self.cache = TeacherCache(Path(c.teacher_cache) if c.teacher_cache else self.output_dir / CACHE_NAME,
+                                  self.teacher_id)
+        self.cache.fill(train_rows + val_rows + self.test_rows, self.teacher_predictor, c.teacher_batch_size,
+                        load=lambda row: self.data.store.read(row.image) if isinstance(row.image, int) else row.image)
         self.teacher_train = self.cache.log_probs(train_rows)
         self.teacher_validation = self.cache.log_probs(val_rows) if val_rows else None
 
@@ -167,6 +172,22 @@ class DistillRecipe(LoRARecipe):
 
     # -- save ------------------------------------------------------------------------------------------------------
 
+    def report_splits(self) -> list[Split]:
+        """The validation split and --test_file, each with the teacher's answers from the cache."""
+        splits = []
+        validation = self.data.validation
+        if validation is not None:
+            rows = teacher_rows(validation)
+            splits.append(Split("validation", [self.data.store.read(r.image) for r in rows],
+                                [r.premise for r in rows], [r.hypothesis for r in rows],
+                                [LABELS[y] for y in validation.labels], self.teacher_validation.exp()))
+        if self.test is not None:
+            rows = self.test_rows
+            splits.append(Split("test", [r.image for r in rows], [r.premise for r in rows],
+                                [r.hypothesis for r in rows], self.test.labels, self.cache.log_probs(rows).exp(),
+                                source=self.test.source))
+        return splits
+
     def save(self, trainer: DistillTrainer) -> DistillResult:
         """The best student (a model folder, or an adapter on the student), its preprocessing, metrics.json and the
         training curve; then the edge report and the model card."""
@@ -183,12 +204,21 @@ class DistillRecipe(LoRARecipe):
                                                   self.selection_note))
         write_json_atomic(out / "metrics.json", metrics)
         plot_training_curve(state.log_history, out / "training_curve.png")
-        report = edge_report(out, self.teacher, self.data, self.teacher_validation, self.config)
+        report = edge_report(out, self.teacher, self.report_splits(), self.config)
         write_atomic(out / "README.md", distill_card(out, self.config, metrics, report))
         for line in summary_lines(out, metrics, report):
             print(line)
         weights = weights_file(out) if self.config.full_fine_tuning else adapter_file(out)
         return DistillResult(out, weights, metrics, report)
+
+
+def test_rows(examples: ExampleSet) -> list[Row]:
+    """--test_file's examples as the teacher scores them."""
+    rows = examples.rows(0, len(examples))
+    images = [image_source(image) for image in rows["image"]]
+    premises = rows.get("premise") or [None] * len(images)
+    return [Row(image, image_digest(image), premise or None, hypothesis)
+            for image, premise, hypothesis in zip(images, premises, rows["hypothesis"])]
 
 
 def teacher_rows(split: VEDataset | None) -> list[Row]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from velora.bundle import ModelBundle
-from velora.data import ALL_SPLITS, image_source, load_examples, score_examples
 from velora.io import write_json_atomic
 from velora.labels import LABELS
 from velora.metrics import compute_metrics, predicted_labels
@@ -92,45 +92,42 @@ def onnx_cost(model_path: str, example: tuple, runs: int, folder: Path) -> dict:
     return {"onnx_int8_bytes": result.size_bytes, "latency_ms_onnx_int8": statistics.median(times)}
 
 
-def _split_quality(student: Predictor, teacher_probs: torch.Tensor, images, premises, hypotheses, gold) -> dict:
-    probs = student.probabilities(images, premises, hypotheses)
-    return {"examples": len(gold), "student": quality(probs, gold, teacher_probs),
-            "teacher": quality(teacher_probs, gold, teacher_probs)}
+@dataclass
+class Split:
+    """Labelled examples to compare on, with the teacher's probabilities (from its cache)."""
+
+    name: str
+    images: list  # what Predictor.probabilities takes
+    premises: list[str | None]
+    hypotheses: list[str]
+    gold: list[str]
+    teacher_probs: torch.Tensor  # (N, 3)
+    source: str | None = None
+
+    def quality(self, student: Predictor) -> dict:
+        probs = student.probabilities(self.images, self.premises, self.hypotheses)
+        return {**({"source": self.source} if self.source else {}), "examples": len(self.gold),
+                "student": quality(probs, self.gold, self.teacher_probs),
+                "teacher": quality(self.teacher_probs, self.gold, self.teacher_probs)}
 
 
 def _ratios(student: dict, teacher: dict) -> dict:
     return {name: student[name] / teacher[name] for name in student if name in teacher and teacher[name]}
 
 
-def edge_report(student_dir: Path, teacher: ModelBundle, data, teacher_validation: torch.Tensor | None,
-                config) -> dict:
-    """Measure the student in `student_dir` against the `teacher` (validation answers from the teacher cache,
-    `teacher_validation` log-probabilities) and write OUTPUT_DIR/distill_report.json."""
+def edge_report(student_dir: Path, teacher: ModelBundle, splits: list[Split], config) -> dict:
+    """Measure the student in `student_dir` against the `teacher` on `splits`, and what each costs on one example
+    of the first split; write OUTPUT_DIR/distill_report.json."""
     student_model = Predictor.from_pretrained(student_dir, device="cpu", dtype=torch.float32)
-    teacher_model = Predictor.from_bundle(teacher, device="cpu", dtype=torch.float32)
-    report: dict = {"student": str(student_dir), "teacher": str(config.teacher), "splits": {}}
-    example = None
-    if data.validation is not None:
-        split, read = data.validation, data.store.read
-        images = [read(i) for i in split.images]
-        premises, hypotheses = [k[1] or None for k in split.keys], [k[2] for k in split.keys]
-        gold = [LABELS[y] for y in split.labels]
-        report["splits"]["validation"] = _split_quality(student_model, teacher_validation.exp(), images, premises,
-                                                        hypotheses, gold)
-        example = (images[0], premises[0], hypotheses[0])
-    if config.test_file:
-        examples = load_examples(config.test_file, ALL_SPLITS)
-        teacher_probs = score_examples(teacher_model, examples, batch_size=config.teacher_batch_size)
-        rows = examples.rows(0, len(examples))
-        images, premises = [image_source(i) for i in rows["image"]], rows.get("premise", [None] * len(examples))
-        report["splits"]["test"] = {"source": examples.source, **_split_quality(
-            student_model, teacher_probs, images, premises, rows["hypothesis"], examples.labels)}
-        example = example or (images[0], premises[0], rows["hypothesis"][0])
-    report["cost"] = {"student": {"weights_bytes": weights_bytes(ModelBundle.resolve(student_dir))},
-                      "teacher": {"weights_bytes": weights_bytes(teacher)}}
-    if example is not None:
-        report["cost"]["student"].update(example_cost(student_model, example, config.report_latency_runs))
-        report["cost"]["teacher"].update(example_cost(teacher_model, example, config.report_latency_runs))
+    report: dict = {"student": str(student_dir), "teacher": str(config.teacher),
+                    "splits": {split.name: split.quality(student_model) for split in splits},
+                    "cost": {"student": {"weights_bytes": weights_bytes(ModelBundle.resolve(student_dir))},
+                             "teacher": {"weights_bytes": weights_bytes(teacher)}}}
+    if splits:
+        example = (splits[0].images[0], splits[0].premises[0], splits[0].hypotheses[0])
+        teacher_model = Predictor.from_bundle(teacher, device="cpu", dtype=torch.float32)
+        for name, model in (("student", student_model), ("teacher", teacher_model)):
+            report["cost"][name].update(example_cost(model, example, config.report_latency_runs))
         if config.report_onnx:
             with tempfile.TemporaryDirectory(prefix="velora-distill-onnx-") as work:
                 for name, path in (("student", str(student_dir)), ("teacher", str(config.teacher))):

@@ -45,6 +45,12 @@ class Row:
         return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
+def image_digest(image: bytes | str) -> str:
+    """A picture's content hash, as the teacher cache keys rows by it."""
+    data = image if isinstance(image, bytes) else Path(image).read_bytes()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def _weights_files(folder: Path) -> list[Path]:
     names = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "config.json",
              "adapter_config.json", "configuration.json")
