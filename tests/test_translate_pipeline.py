@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 from datasets import load_from_disk
 from serve_helpers import image_bytes, live_server
-from translate_helpers import CHINESE, DICTIONARY_PROGRAM, ENGLISH, chinese_csv, write_program, write_tiny_marian
+from translate_helpers import (CHINESE, DICTIONARY_PROGRAM, ENGLISH, chinese_csv, english_twin, write_program,
+                               write_tiny_marian)
 
 from velora.cli import cli
 from velora.convert.quality import has_cjk
@@ -29,14 +30,8 @@ def data(tmp_path_factory):
     """A CSV with six Chinese rows and two English ones, its English twin, and a program that translates it."""
     folder = tmp_path_factory.mktemp("zh")
     source = chinese_csv(folder)
-    with source.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
-    twin = folder / "english.csv"
-    with twin.open("w", encoding="utf-8", newline="") as f:
-        csv.writer(f).writerows([rows[0]] + [[r[0], TO_ENGLISH.get(r[1], r[1]), TO_ENGLISH.get(r[2], r[2]), r[3]]
-                                             for r in rows[1:]])
-    return {"csv": source, "english": twin, "translate": write_program(folder, "mt.py", DICTIONARY_PROGRAM),
-            "folder": folder}
+    return {"csv": source, "english": english_twin(source),
+            "translate": write_program(folder, "mt.py", DICTIONARY_PROGRAM), "folder": folder}
 
 
 @pytest.fixture(scope="module")

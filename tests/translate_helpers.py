@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import sys
@@ -92,3 +93,15 @@ def chinese_csv(folder: Path, n: int = 6, english: int = 2) -> Path:
             premise, hypothesis = ENGLISH[i % len(ENGLISH)], ENGLISH[(i + 2) % len(ENGLISH)]
         rows.append([f"images/p{i}.jpg", premise, hypothesis, labels[i % 3]])
     return write_csv(folder / "pairs.csv", rows)
+
+
+def english_twin(source: Path) -> Path:
+    """english.csv beside a `chinese_csv`: the same rows with each Chinese text in its fixture translation."""
+    to_english = dict(zip(CHINESE, ENGLISH))
+    with source.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    twin = source.with_name("english.csv")
+    with twin.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([rows[0]] + [[r[0], to_english.get(r[1], r[1]), to_english.get(r[2], r[2]), r[3]]
+                                             for r in rows[1:]])
+    return twin

@@ -11,7 +11,7 @@ from click.core import ParameterSource
 
 from velora.bundle import ModelBundle
 from velora.cli.options import (examples_to_score, image_options, load_predictor, model_options, open_translator,
-                                resolve_bundle, texts_to_score, translate_options)
+                                resolve_bundle, texts_to_score, translate_options, warn)
 from velora.errors import VeloraError
 from velora.evaluate import check_output_paths, evaluate
 from velora.images import load_image
@@ -101,14 +101,17 @@ def predict_command(model, image, premise, hypothesis, compare_base, as_json, in
     """
     bundle = resolve_bundle(model)
     if _check_mode(click.get_current_context()):
-        if translate["translate"]:  # the bulk path's hook: velora.translate.translate_pairs per chunk of rows
-            raise click.UsageError("--translate works with --image for now, not yet with --input_file: convert the "
-                                   "file with `velora convert --translate` first, or translate its columns")
-        result = predict_file(bundle, input_file, output_file, device=model["device"], dtype=model["dtype"],
-                              quantize=model["quantize"], **images, batch_size=batch_size, chunk_size=chunk_size,
-                              num_workers=num_workers, overwrite=overwrite, progress=True)
+        translator = open_translator(translate, model["device"], progress=False)
+        try:
+            result = predict_file(bundle, input_file, output_file, device=model["device"], dtype=model["dtype"],
+                                  quantize=model["quantize"], **images, batch_size=batch_size, chunk_size=chunk_size,
+                                  num_workers=num_workers, overwrite=overwrite, progress=True, translator=translator)
+        finally:
+            if translator is not None:
+                translator.close()
         if result is not None:  # rank 0 reports
             click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
+            warn(result.untranslated_warning())
         return
     (texts,) = texts_to_score(translate, model["device"], [premise], [hypothesis])
     check_texts(bundle, texts.premise, texts.hypothesis)

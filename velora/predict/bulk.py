@@ -38,9 +38,11 @@ from velora.io import check_output_file
 from velora.ofa.processor import OFAProcessor
 from velora.predict.inputs import InputPlan, chunks, file_identity, scan_input
 from velora.predict.outputs import SUFFIXES, open_output, output_names, prediction_values
-from velora.predict.prepare import ImageOptions, PreparedBatch, PreparedRows, keep
+from velora.predict.prepare import ChunkTexts, ImageOptions, PreparedBatch, PreparedRows, keep
 from velora.predict.progress import Progress, open_progress, progress_folder
 from velora.predict.summary import BulkResult, Tally
+from velora.predict.translation import ChunkTranslations, OutputTexts, translation_identity
+from velora.translate import Translator
 from velora.predictor import Predictor, pick_device, pick_dtype
 
 WAIT = timedelta(hours=12)  # how long a process waits for the others (model loading, the slowest share)
@@ -150,6 +152,8 @@ def _start(model: Predictor | ModelBundle, processor: OFAProcessor, input_file: 
                 "limits": asdict(images.limits)}
     if options["quantize"]:
         settings["quantize"] = options["quantize"]
+    if options["translator"] is not None:
+        settings["translate"] = translation_identity(options["translator"])
     identity = {"input": file_identity(input_file), "settings": settings}
     progress, done = open_progress(output, identity, overwrite)
     return Job(plan, images, progress, frozenset(done))
@@ -171,17 +175,20 @@ def _pixel_values(pixels: torch.Tensor, processor: OFAProcessor, device: torch.d
     return (values - mean) / std
 
 
-def _score_batch(predictor: Predictor, processor: OFAProcessor, batch: PreparedBatch) -> list[dict[str, Any]]:
+def _score_batch(predictor: Predictor, processor: OFAProcessor, batch: PreparedBatch,
+                 translations: ChunkTranslations | None) -> list[dict[str, Any]]:
+    translated = translations.apply(batch) if translations is not None else [None] * len(batch)
     good = [i for i, prompt in enumerate(batch.prompts) if prompt is not None]
     probs = torch.empty(0, 3)
     if good:
         probs = predictor.score_pixels(_pixel_values(batch.pixels, processor, predictor.device),
                                        [batch.image_index[i] for i in good], [batch.prompts[i] for i in good])
-    return _results(batch, probs)
+    return [{**line, "translated": texts} if texts else line for line, texts in zip(_results(batch, probs), translated)]
 
 
-def _loader(job: Job, chunk_ids: list[int], processor: OFAProcessor, batch_size: int, workers: int) -> DataLoader:
-    dataset = PreparedRows(job.plan, chunk_ids, processor, job.images, batch_size)
+def _loader(job: Job, chunk_ids: list[int], processor: OFAProcessor, batch_size: int, workers: int,
+            detect: Callable[[str], bool] | None) -> DataLoader:
+    dataset = PreparedRows(job.plan, chunk_ids, processor, job.images, batch_size, detect)
     # Workers are spawned: never forked (this process may hold threads: gloo's, tqdm's), and this process's own
     # children, so that DataLoader's watchdog (which watches the parent) ends them when a kill -9 ends it (a
     # forkserver's children would outlive it: the server waits for them, they wait for the server).
@@ -190,10 +197,13 @@ def _loader(job: Job, chunk_ids: list[int], processor: OFAProcessor, batch_size:
 
 
 def _score(load: Callable[[], Predictor], processor: OFAProcessor, job: Job, chunk_ids: list[int],
-           batch_size: int, workers: int, show: bool) -> float:
-    """Score this process's chunks, writing each one's file as soon as its last batch is scored. Returns when the
-    first batch was ready (the model loaded, the workers started)."""
-    batches = iter(_loader(job, chunk_ids, processor, batch_size, workers))  # workers start reading now
+           batch_size: int, workers: int, show: bool, translator: Translator | None = None) -> float:
+    """Score this process's chunks, writing each one's file as soon as its last batch is scored (with a
+    translator, a chunk's texts are translated when they arrive, before its batches). Returns when the first batch
+    was ready (the model loaded, the workers started)."""
+    translations = ChunkTranslations(translator, processor) if translator is not None else None
+    detect = translator.detect if translator is not None else None
+    batches = iter(_loader(job, chunk_ids, processor, batch_size, workers, detect))  # workers start reading now
     predictor = load()
     first = None
     bar = tqdm(total=sum(job.plan.chunk_rows(k) for k in chunk_ids), desc="predict", unit="row", disable=not show)
@@ -201,8 +211,11 @@ def _score(load: Callable[[], Predictor], processor: OFAProcessor, job: Job, chu
     written = failed = 0
     for batch in batches:
         first = first or time.perf_counter()
+        if isinstance(batch, ChunkTexts):
+            translations.add(batch)
+            continue
         rows = open_chunks.setdefault(batch.chunk, [])
-        rows.extend(_score_batch(predictor, processor, batch))
+        rows.extend(_score_batch(predictor, processor, batch, translations))
         failed += sum(e is not None for e in batch.errors)
         bar.update(len(batch))
         bar.set_postfix(failed=failed, refresh=False)
@@ -214,12 +227,12 @@ def _score(load: Callable[[], Predictor], processor: OFAProcessor, job: Job, chu
     return first or time.perf_counter()
 
 
-def _merge(job: Job, output: Path, show: bool) -> Tally:
+def _merge(job: Job, output: Path, show: bool, translating: bool) -> tuple[Tally, OutputTexts]:
     """OUT from the input and the chunk files, in input order, into the progress folder (renamed by the caller)."""
     plan, reader = job.plan, job.plan.open()
-    names, tally = output_names(plan.columns), Tally()
+    names, tally, texts = output_names(plan.columns), Tally(), OutputTexts(plan.columns, translating)
     bar = tqdm(total=plan.rows, desc="writing", unit="row", disable=not show)
-    with open_output(job.progress.merge_path(output), output.suffix.lower(), plan, reader, names) as out:
+    with open_output(job.progress.merge_path(output), output.suffix.lower(), plan, reader, names, texts.extra) as out:
         for chunk, items in chunks(reader, plan.chunk_size):
             try:
                 results = job.progress.read_chunk(chunk)
@@ -234,14 +247,16 @@ def _merge(job: Job, output: Path, show: bool) -> Tally:
                 label = None
                 if not isinstance(item, RowIssue):
                     label = reader.raw_row(*item).values.get("label")
-                    values = {**{names.get(k, k): v for k, v in item[1].items()}, **values}
+                    given = {names.get(k, k): v for k, v in item[1].items()}
+                    texts.update(given, names, result)
+                    values = {**given, **values}
                 tally.add(label, values, result.get("code"))
                 rows.append(values)
             out.write(rows)
             bar.update(len(rows))
             _kill_point("merge", chunk + 1)
     bar.close()
-    return tally
+    return tally, texts
 
 
 def _device_for(device: str, ranks: Ranks) -> str:
@@ -266,7 +281,7 @@ def predict_file(model: Predictor | ModelBundle | str | os.PathLike, input_file:
                  image_root: str | os.PathLike | None = None, allow_outside_paths: bool = False,
                  limits: ImageLimits | None = None, batch_size: int | None = None, chunk_size: int = 512,
                  num_workers: int | None = None, overwrite: bool = False, progress: bool = False,
-                 quantize: str | None = None) -> BulkResult | None:
+                 quantize: str | None = None, translator: Translator | None = None) -> BulkResult | None:
     """Score every row of `input_file` into `output_file` (see velora.predict.outputs for the columns).
 
     `model` is a loaded Predictor, or a ModelBundle / model path that each process loads on `device` with
@@ -274,7 +289,9 @@ def predict_file(model: Predictor | ModelBundle | str | os.PathLike, input_file:
     folder; `allow_outside_paths`; `limits`). A row that cannot be scored gets an error, never stops the run.
     Rows go `chunk_size` at a time into OUT.progress/, so a stopped run resumes; `num_workers` processes decode
     images (default: 1 on CPU, up to 8 per GPU); `quantize` "int8" loads the model as `Predictor` does with it
-    (CPU). Under torchrun, returns the result on rank 0 and None elsewhere.
+    (CPU). With a `translator` (velora.translate.load_translator), the texts it detects as non-English are scored
+    in English, the originals kept (velora.predict.translation). Under torchrun, returns the result on rank 0 and
+    None elsewhere.
     """
     if chunk_size < 1 or (batch_size is not None and batch_size < 1):
         raise VeloraError("--chunk_size and --batch_size must be 1 or more")
@@ -283,7 +300,7 @@ def predict_file(model: Predictor | ModelBundle | str | os.PathLike, input_file:
         return _run(model, Path(input_file), Path(output_file), ranks, overwrite, progress, batch_size, num_workers,
                     dict(device=_device_for(device, ranks), dtype=dtype, image_root=image_root,
                          allow_outside_paths=allow_outside_paths, limits=image_limits(limits),
-                         chunk_size=chunk_size, quantize=quantize))
+                         chunk_size=chunk_size, quantize=quantize, translator=translator))
     finally:
         ranks.close()
 
@@ -310,14 +327,16 @@ def _run(model, input_file: Path, output: Path, ranks: Ranks, overwrite: bool, s
         return Predictor.from_bundle(model, device=options["device"], dtype=options["dtype"],
                                      quantize=options["quantize"])
 
-    first_batch = _score(load, processor, job, mine, batch, workers, show)
+    first_batch = _score(load, processor, job, mine, batch, workers, show, options["translator"])
     ranks.wait()
     seconds = time.perf_counter() - first_batch
     if ranks.rank != 0:
         return None
-    tally = _merge(job, output, show)
+    tally, texts = _merge(job, output, show, options["translator"] is not None)
     job.progress.finish(output)
+    translated_by = options["translator"].name if options["translator"] is not None else None
     return BulkResult.from_tally(tally, output=str(output), seconds=seconds, processes=ranks.world,
+                                 translated_by=translated_by, **texts.summary(),
                                  startup_seconds=first_batch - began,
                                  rows_this_run=sum(job.plan.chunk_rows(k) for k in pending),
                                  resumed_chunks=len(job.done))

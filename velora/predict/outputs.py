@@ -1,6 +1,8 @@
 """The output of `velora predict --input_file`: every input row once, in input order — its input columns, then
 predicted_label, confidence, prob_entailment, prob_contradiction, prob_neutral and error (why the row could not be
 scored, naming the field; empty when it was). An input column with one of those names is kept as original_NAME.
+With --translate, premise_original, hypothesis_original and translated_by come after the input's columns, and a
+translated row's premise and hypothesis hold the English text scored (velora.predict.translation).
 
 The format follows the output's suffix: CSV (UTF-8, cells a spreadsheet would run as formulas neutralised as in
 velora.convert.spreadsheet, so `velora convert` reads them back unchanged), JSON Lines, or Parquet (a Parquet
@@ -101,8 +103,8 @@ class ParquetOutput:
         self.writer.close()
 
 
-def parquet_schema(plan: InputPlan, reader, names: dict[str, str]):
-    """The output's Parquet schema and the columns written as JSON text."""
+def parquet_schema(plan: InputPlan, reader, names: dict[str, str], extra: tuple[str, ...] = ()):
+    """The output's Parquet schema and the columns written as JSON text; `extra`: text columns after the input's."""
     import pyarrow as pa  # deferred: as above
 
     types = dict(plan.json_types)
@@ -111,6 +113,7 @@ def parquet_schema(plan: InputPlan, reader, names: dict[str, str]):
         fields = [reader.schema.field(i).with_name(names[c]) for i, c in enumerate(plan.columns)]
     else:
         fields = [pa.field(names[c], by_json.get(types.get(c), pa.string())) for c in plan.columns]
+    fields += [pa.field(c, pa.string()) for c in extra]
     text = {names[c] for c, kind in types.items() if kind == "json"} if plan.format != "parquet" else set()
     predictions = [pa.field("predicted_label", pa.string()), pa.field("confidence", pa.float32()),
                    *(pa.field(f"prob_{label}", pa.float32()) for label in LABELS), pa.field("error", pa.string())]
@@ -118,15 +121,17 @@ def parquet_schema(plan: InputPlan, reader, names: dict[str, str]):
 
 
 @contextlib.contextmanager
-def open_output(path: Path, kind: str, plan: InputPlan, reader, names: dict[str, str]) -> Iterator:
-    """A writer of `kind` (the final output's suffix) into `path`; the file is synced when the block ends."""
+def open_output(path: Path, kind: str, plan: InputPlan, reader, names: dict[str, str], extra: tuple[str, ...] = ()
+                ) -> Iterator:
+    """A writer of `kind` (the final output's suffix) into `path`, with the `extra` columns (--translate's) after
+    the input's; the file is synced when the block ends."""
     if kind == ".parquet":
-        out = ParquetOutput(str(path), *parquet_schema(plan, reader, names))
+        out = ParquetOutput(str(path), *parquet_schema(plan, reader, names, extra))
         yield out
         out.close()
     else:
         with open(path, "w", encoding="utf-8", newline="") as f:
-            yield (CsvOutput if kind == ".csv" else JsonlOutput)(f, [*names.values(), *PREDICTION_COLUMNS])
+            yield (CsvOutput if kind == ".csv" else JsonlOutput)(f, [*names.values(), *extra, *PREDICTION_COLUMNS])
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

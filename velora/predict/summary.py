@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from velora.convert.issues import printable
+from velora.convert.quality import TRANSLATE_HINT
 from velora.labels import LABELS, normalize_label
 from velora.metrics import Metrics, compute_metrics
 
@@ -71,6 +72,10 @@ class BulkResult:
     startup_seconds: float  # before the first batch: the plan, loading the model, starting the workers
     processes: int
     resumed_chunks: int  # chunks already finished when this run started
+    translated_by: str | None = None  # --translate: the back-end
+    translated_rows: int = 0  # rows scored in English, their originals in premise_original / hypothesis_original
+    glossary_terms_lost_rows: int = 0  # translated rows missing a --glossary term
+    untranslated_cjk_rows: int = 0  # without --translate: rows with Chinese text, scored as if it were English
 
     @classmethod
     def from_tally(cls, tally: Tally, **run: Any) -> "BulkResult":
@@ -90,8 +95,19 @@ class BulkResult:
             out["metrics"] = self.metrics.to_dict()
         return out
 
+    def untranslated_warning(self) -> str | None:
+        if not self.untranslated_cjk_rows:
+            return None
+        return (f"{self.untranslated_cjk_rows:,} of {self.rows:,} rows have Chinese/Japanese/Korean text, scored as if "
+                f"it were English (OFA only understands English): {TRANSLATE_HINT}")
+
     def to_text(self) -> str:
         lines = [f"Scored {self.scored:,} of {self.rows:,} rows -> {self.output}"]
+        if self.translated_by:
+            lost = (f"; {self.glossary_terms_lost_rows:,} lost a glossary term" if self.glossary_terms_lost_rows
+                    else "")
+            lines.append(f"Translated {self.translated_rows:,} rows to English with {self.translated_by} (originals "
+                         f"in premise_original / hypothesis_original{lost})")
         if self.failed:
             lines.append(f"Failed: {sum(self.failed.values()):,} rows")
             width = max(map(len, self.failed))
