@@ -14,6 +14,7 @@ from torch.overrides import TorchFunctionMode
 from velora.cli import cli
 from velora.ofa.checkpoint import load_pretrained, read_state_dict
 from velora.ofa.model import OFAModel, skip_init
+from velora.predictor import Predictor
 
 from conftest import tiny_config, write_tiny_model
 
@@ -83,3 +84,19 @@ def test_predict_verbose_reports_load_and_score_times(tiny_model_dir, tmp_path):
     assert re.search(r"^Loaded in \d+\.\d\d s", result.stderr, re.M), result.stderr
     assert re.search(r"^Scored in \d+\.\d\d s", result.stderr, re.M), result.stderr
     assert "Result: " in result.stdout
+
+
+def test_folded_batch_norm_computes_what_the_unfolded_resnet_does(tiny_model_dir):
+    resnet = Predictor.from_pretrained(tiny_model_dir, device="cpu", fuse_resnet=False).model.encoder.embed_images
+    torch.manual_seed(0)
+    for bn in (m for m in resnet.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics a trained one has
+        bn.running_mean.normal_(0, 0.5), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.normal_(0, 0.5)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = resnet(x)
+        folded = resnet.fuse_for_inference_()
+        got = folded(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert folded.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 RESNET_STRIDE = 16  # pixels per side of one image token: an S x S image gives (S/16)^2 tokens
 RESNET_CHANNELS = 1024  # channels of the stage-3 feature map (256 planes x Bottleneck expansion 4)
@@ -101,6 +100,20 @@ class ResNet(nn.Module):
                 if block.downsample is not None:
                     pairs.append((block.downsample, "0", "1"))
         for module, conv, bn in pairs:
-            setattr(module, conv, fuse_conv_bn_eval(getattr(module, conv).eval(), getattr(module, bn).eval()))
+            fold_batch_norm_(getattr(module, conv), getattr(module, bn))
             setattr(module, bn, nn.Identity())
-        return self.to(memory_format=torch.channels_last)
+        return self.to(memory_format=torch.channels_last)  # the rest (the folded weights already are)
+
+
+@torch.no_grad()
+def fold_batch_norm_(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """`conv` becomes `conv` then eval-mode `bn`: its weight scaled per output channel, written channels-last in one
+    pass over the old one (which may be the checkpoint file's memory-mapped tensor: no copy of it first, as
+    torch.nn.utils.fusion makes), and a bias."""
+    scale = bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps)
+    weight = torch.empty_like(conv.weight, memory_format=torch.channels_last)
+    torch.mul(conv.weight, scale.view(-1, 1, 1, 1).to(weight.dtype), out=weight)
+    bias = (conv.bias.float() if conv.bias is not None else 0) - bn.running_mean.float()
+    trainable = conv.weight.requires_grad
+    conv.weight = nn.Parameter(weight, requires_grad=trainable)
+    conv.bias = nn.Parameter((bias * scale + bn.bias.float()).to(weight.dtype), requires_grad=trainable)
