@@ -8,7 +8,9 @@ from pathlib import Path
 from velora.train.card import size_text
 
 COST_ROWS = (("weights_bytes", "weights on disk (MB)", 1e-6), ("parameters", "parameters (M)", 1e-6),
-             ("gflop_per_example", "GFLOP per example", 1.0), ("latency_ms_torch_fp32", "latency, torch fp32 (ms)", 1.0),
+             ("gflop_per_example", "GFLOP per example", 1.0),
+             ("latency_ms_torch_fp32", "latency, torch fp32 (ms)", 1.0),
+             ("latency_ms_forward_fp32", "the model's forward alone, fp32 (ms)", 1.0),
              ("onnx_int8_bytes", "int8 ONNX file (MB)", 1e-6), ("latency_ms_onnx_int8", "latency, int8 ONNX (ms)", 1.0))
 
 

@@ -4,8 +4,9 @@ as `velora predict` loads them, measured in the same run on this machine.
     quality  on the validation split (and --test_file): accuracy, macro-F1, agreement with the teacher's label,
              expected calibration error (15 equal-width confidence bins)
     cost     size on disk of the weights each needs, parameters, GFLOP per example (torch's FlopCounterMode on one
-             example), latency of one example in torch fp32 (median of --report_latency_runs) and, with
-             --report_onnx, of the int8 ONNX graph `velora export onnx --quantize int8` writes
+             example), latency of one example in torch fp32 (median of --report_latency_runs, the models taking
+             turns) end to end and of the model's forward alone, and, with --report_onnx, of the int8 ONNX graph
+             `velora export onnx --quantize int8` writes
     ratios   student / teacher of each cost, and the share of the teacher's accuracy the student keeps
 """
 
@@ -56,40 +57,45 @@ def weights_bytes(bundle: ModelBundle) -> int:
                if p.name != "training_args.bin")
 
 
-def example_cost(predictor: Predictor, example: tuple, runs: int) -> dict:
-    """Parameters, GFLOP and torch fp32 latency (ms, median of `runs`, preprocessing included) of one example."""
-    image, premise, hypothesis = example
-    batch = predictor.processor([image], [premise], [hypothesis])
-    inputs = {k: batch[k] for k in ("input_ids", "decoder_input_ids", "answer_positions", "patch_images")}
+def example_cost(predictor: Predictor, example: tuple) -> dict:
+    """Parameters and GFLOP of one example (the model's forward, counted by torch's FlopCounterMode)."""
+    inputs = model_inputs(predictor, example)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         predictor.model(**inputs)
-    cost = {"parameters": sum(p.numel() for p in predictor.model.parameters()),
+    return {"parameters": sum(p.numel() for p in predictor.model.parameters()),
             "gflop_per_example": counter.get_total_flops() / 1e9}
-    if runs:
-        predictor.probabilities([image], [premise], [hypothesis])  # warm-up
-        times = []
-        for _ in range(runs):
+
+
+def model_inputs(predictor: Predictor, example: tuple) -> dict[str, torch.Tensor]:
+    """The forward's inputs for one example, preprocessed by the model's own processor."""
+    image, premise, hypothesis = example
+    batch = predictor.processor([image], [premise], [hypothesis])
+    return {k: batch[k] for k in ("input_ids", "decoder_input_ids", "answer_positions", "patch_images")}
+
+
+def latencies(calls: dict[str, object], runs: int) -> dict[str, float]:
+    """Median ms of each call, the calls taking turns run by run, so a change in the machine's load falls on all
+    of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for turn in range(runs + 1):  # the first turn warms up
+        for name, call in calls.items():
             start = time.perf_counter()
-            predictor.probabilities([image], [premise], [hypothesis])
-            times.append(1000 * (time.perf_counter() - start))
-        cost["latency_ms_torch_fp32"] = statistics.median(times)
-    return cost
+            call()
+            if turn:
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def onnx_cost(model_path: str, example: tuple, runs: int, folder: Path) -> dict:
-    """Size and latency (ms, median) of the int8 ONNX graph of `model_path`, exported by velora export."""
+def onnx_scorers(models: dict[str, str], folder: Path) -> dict[str, object]:
+    """The int8 ONNX graph of each model path, exported by `velora export onnx --quantize int8`."""
     from velora.export import OnnxPredictor, export_onnx  # deferred: onnx and onnxruntime take seconds to import
 
-    result = export_onnx(model_path, folder / "model.onnx", quantize="int8")
-    scorer = OnnxPredictor.from_file(result.output)
-    image, premise, hypothesis = example
-    scorer.probabilities([image], [premise], [hypothesis])  # warm-up
-    times = []
-    for _ in range(max(runs, 1)):
-        start = time.perf_counter()
-        scorer.probabilities([image], [premise], [hypothesis])
-        times.append(1000 * (time.perf_counter() - start))
-    return {"onnx_int8_bytes": result.size_bytes, "latency_ms_onnx_int8": statistics.median(times)}
+    scorers = {}
+    for name, path in models.items():
+        (folder / name).mkdir()
+        scorers[name] = OnnxPredictor.from_file(export_onnx(path, folder / name / "model.onnx",
+                                                            quantize="int8").output)
+    return scorers
 
 
 @dataclass
@@ -111,6 +117,26 @@ class Split:
                 "teacher": quality(self.teacher_probs, self.gold, self.teacher_probs)}
 
 
+def measure_latency(cost: dict, scorers: dict, example: tuple, runs: int, key: str) -> None:
+    """One example end to end (decoding, preprocessing, the model) with each scorer, under `key`."""
+    image, premise, hypothesis = example
+    calls = {name: (lambda s=scorer: s.probabilities([image], [premise], [hypothesis]))
+             for name, scorer in scorers.items()}
+    if runs:
+        for name, ms in latencies(calls, runs).items():
+            cost[name][key] = ms
+
+
+@torch.inference_mode()
+def measure_forward(cost: dict, predictors: dict[str, Predictor], example: tuple, runs: int) -> None:
+    """The model's forward alone on the preprocessed example: the compute the GFLOP count describes."""
+    inputs = {name: model_inputs(p, example) for name, p in predictors.items()}
+    calls = {name: (lambda p=p, x=inputs[name]: p.model(**x)) for name, p in predictors.items()}
+    if runs:
+        for name, ms in latencies(calls, runs).items():
+            cost[name]["latency_ms_forward_fp32"] = ms
+
+
 def _ratios(student: dict, teacher: dict) -> dict:
     return {name: student[name] / teacher[name] for name in student if name in teacher and teacher[name]}
 
@@ -125,15 +151,18 @@ def edge_report(student_dir: Path, teacher: ModelBundle, splits: list[Split], co
                              "teacher": {"weights_bytes": weights_bytes(teacher)}}}
     if splits:
         example = (splits[0].images[0], splits[0].premises[0], splits[0].hypotheses[0])
-        teacher_model = Predictor.from_bundle(teacher, device="cpu", dtype=torch.float32)
-        for name, model in (("student", student_model), ("teacher", teacher_model)):
-            report["cost"][name].update(example_cost(model, example, config.report_latency_runs))
+        models = {"student": student_model, "teacher": Predictor.from_bundle(teacher, device="cpu",
+                                                                             dtype=torch.float32)}
+        for name, model in models.items():
+            report["cost"][name].update(example_cost(model, example))
+        measure_latency(report["cost"], models, example, config.report_latency_runs, "latency_ms_torch_fp32")
+        measure_forward(report["cost"], models, example, config.report_latency_runs)
         if config.report_onnx:
             with tempfile.TemporaryDirectory(prefix="velora-distill-onnx-") as work:
-                for name, path in (("student", str(student_dir)), ("teacher", str(config.teacher))):
-                    (Path(work) / name).mkdir()
-                    report["cost"][name].update(onnx_cost(path, example, config.report_latency_runs,
-                                                          Path(work) / name))
+                onnx = onnx_scorers({"student": str(student_dir), "teacher": str(config.teacher)}, Path(work))
+                for name, scorer in onnx.items():
+                    report["cost"][name]["onnx_int8_bytes"] = scorer.path.stat().st_size
+                measure_latency(report["cost"], onnx, example, config.report_latency_runs, "latency_ms_onnx_int8")
     report["ratios"] = _ratios(report["cost"]["student"], report["cost"]["teacher"])
     for name, split in report["splits"].items():
         if split["teacher"]["accuracy"]:
