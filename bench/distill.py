@@ -139,18 +139,19 @@ def table(reports: dict) -> list[str]:
     first = next(iter(reports.values()))
     teacher_test = first["splits"]["test"]["teacher"]
     lines = [f"| student ({STUDENT_OFA['d_model']} d_model, {STUDENT_PX} px) | test accuracy | kept of teacher's | "
-             "macro-F1 | agreement with teacher | ECE | GFLOP ratio | latency ratio (torch fp32) | minutes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "macro-F1 | agreement with teacher | ECE | GFLOP ratio | latency ratio, end to end | latency ratio, "
+             "forward | minutes |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in reports.items():
-        s = r["splits"]["test"]["student"]
-        lines.append(f"| {name} | {s['accuracy']:.1%} | {r['ratios']['test_accuracy_kept']:.1%} | "
+        s, ratios = r["splits"]["test"]["student"], r["ratios"]
+        lines.append(f"| {name} | {s['accuracy']:.1%} | {ratios['test_accuracy_kept']:.1%} | "
                      f"{s['macro_f1']:.3f} | {s['agreement_with_teacher']:.1%} | {s['ece']:.3f} | "
-                     f"{r['ratios']['gflop_per_example']:.3f} | {r['ratios']['latency_ms_torch_fp32']:.3f} | "
-                     f"{r['minutes']:.1f} |")
+                     f"{ratios['gflop_per_example']:.3f} | {ratios['latency_ms_torch_fp32']:.3f} | "
+                     f"{ratios.get('latency_ms_forward_fp32', float('nan')):.3f} | {r['minutes']:.1f} |")
     cost = first["cost"]["teacher"]
     lines.append(f"| teacher (demo's tuned model, 128 d_model, 128 px) | {teacher_test['accuracy']:.1%} | 100% | "
                  f"{teacher_test['macro_f1']:.3f} | 100% | {teacher_test['ece']:.3f} | 1 "
-                 f"({cost['gflop_per_example']:.2f} GFLOP) | 1 ({cost['latency_ms_torch_fp32']:.1f} ms) | |")
+                 f"({cost['gflop_per_example']:.2f} GFLOP) | 1 ({cost['latency_ms_torch_fp32']:.1f} ms) | 1 "
+                 f"({cost.get('latency_ms_forward_fp32', float('nan')):.1f} ms) | |")
     return lines
 
 
@@ -178,7 +179,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps of each student run (default: the plan's)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a machine shared with other jobs, more only oversubscribe it)")
+    parser.add_argument("--from_results", action="store_true",
+                        help="print the tables of OUTPUT_DIR/distill_results.json (an earlier run) and stop")
     args = parser.parse_args()
+    if args.from_results:
+        reports = json.loads((Path(args.output_dir) / "distill_results.json").read_text())["reports"]
+        print("\n".join(table(reports) + [""] + verdict(reports)))
+        return
     plan = PLAN_SIZES["quick" if args.quick else args.plan]
     if args.steps:
         plan = dataclasses.replace(plan, steps=args.steps)
