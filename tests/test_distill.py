@@ -163,3 +163,21 @@ def test_refuses_what_it_did_not_write_and_bad_settings(teacher, dataset, tmp_pa
     with pytest.raises(VeloraError, match="no teacher: pass --teacher"):
         distill(**{k: v for k, v in settings.items() if k != "teacher"})
     shutil.rmtree(out)
+
+
+def test_lora_student_is_an_adapter_on_the_student(teacher, dataset, cli_run, tmp_path):
+    student = write_tiny_model(tmp_path / "student", seed=2, dropout=0.0)
+    out = tmp_path / "out"
+    shared = shutil.copy(cli_run[0] / CACHE_NAME, tmp_path / "answers.json")  # the same teacher's: reused
+    flags = [f"--{k}={v}" for k, v in {**FAST, "max_steps": 2}.items()]
+    result = CliRunner().invoke(cli, ["distill", "--teacher", str(teacher), "--student", str(student),
+                                      "--dataset_name", str(dataset), "--output_dir", str(out),
+                                      "--student_lora_r", "4", "--teacher_cache", str(shared), *flags])
+    assert result.exit_code == 0, (result.output[-3000:], result.exception)
+    assert "Teacher: all" in result.output and not (out / CACHE_NAME).exists()
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 4 and Path(config["base_model_name_or_path"]) == student.resolve()
+    assert not (out / "model.safetensors").exists()
+    predictor = Predictor.from_pretrained(out)
+    assert predictor.processor.config.image_size == 32 and predictor.adapter_names == ["default"]
+    assert json.loads((out / "distill_report.json").read_text())["splits"]["validation"]["examples"] > 0
