@@ -1,9 +1,10 @@
 """`velora distill` measured on the demo task: can a student at ~1/4 of the teacher's FLOPs keep its accuracy?
 
-    python bench/distill.py [--output_dir bench/.cache/distill] [--quick] [--steps N]
+    python bench/distill.py [--plan full|demo|quick] [--output_dir bench/.cache/distill] [--steps N]
 
 Teacher: the demo's tuned model (the demo's small OFA, d_model 128 at 128 px, taught task A, plus `velora train`'s
-LoRA on task B: `velora demo`'s stages 1-3 with its own plan). Student: OFA's architecture at d_model 64, ffn 128,
+LoRA on task B: `velora demo`'s stages 1-3; `--plan demo` with the demo's own sizes, ~30 min on a shared 2-core
+machine; `--plan full` shortened to ~15 min). Student: OFA's architecture at d_model 64, ffn 128,
 2+2 layers, at 64 px (~1/4 of the teacher's GFLOP: the ResNet stem dominates and scales with the pixels), random
 weights taught task A first with the demo's own recipe (wide LoRA, merged), as a released OFA-tiny is pretrained.
 The student is then fully fine-tuned on task B four ways, same steps, batch, learning rate and seed:
