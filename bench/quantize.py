@@ -191,18 +191,17 @@ class Bench:
         subset = [x[:n] for x in self.eval_set]
         reference = self.eval.reference[:n]
         for name in names:
-            path = fp32_path
+            path, what = fp32_path, "onnxruntime fp32"
             if name != "onnx-fp32":
                 path = folder / f"{name}.onnx"
                 if name == "onnx-int8-old":
                     old_onnx_int8(fp32_path, path)
+                    what = "onnxruntime int8, every MatMul per tensor"
                 else:
-                    quantize_onnx_int8(fp32_path, path, self.chosen_plan())
+                    what = "onnxruntime " + quantize_onnx_int8(fp32_path, path, self.chosen_plan())
                 shutil.copy(fp32_path.with_suffix(".json"), path.with_suffix(".json"))
             scorer = OnnxPredictor.from_file(path, threads=self.args.threads)
             accuracy = compare(reference, scorer.probabilities(*subset, batch_size=1))
-            what = {"onnx-fp32": "onnxruntime fp32", "onnx-int8-old": "onnxruntime int8, every MatMul per tensor",
-                    "onnx-int8-plan": "onnxruntime int8 per channel, " + self.chosen_plan().describe()}[name]
 
             def run(image, premise, hypothesis, scorer=scorer):
                 return scorer.probabilities([image], [premise], [hypothesis], batch_size=1)
