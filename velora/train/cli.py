@@ -125,7 +125,12 @@ class TrainCommand(click.Command):
             formatter.write_paragraph()
             formatter.write_text(f"Every transformers TrainingArguments flag works too ({len(others)} more: "
                                  "--activation_checkpointing, --warmup_steps, --weight_decay...): "
-                                 f"{ctx.command_path} --help-all")
+                                 f"{_own_command_path(ctx, self.name)} --help-all")
+
+
+def _own_command_path(ctx: click.Context, name: str | None) -> str:
+    """`velora train` even when run by an alias of the guide's (`velora finetune_lora`)."""
+    return " ".join(filter(None, [ctx.parent.command_path if ctx.parent else None, name]))
 
 
 def _show_help_all(ctx: click.Context, _param, value: bool) -> None:
