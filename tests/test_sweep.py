@@ -128,7 +128,7 @@ def test_the_study_opens_in_optuna_and_optuna_dashboard(grid_sweep):
 def test_a_losing_learning_rate_is_pruned_early(base_model, dataset, tmp_path):
     out = tmp_path / "pruned"
     result = sweep(tiny_settings(base_model, dataset, out, max_steps=16, save_steps=8),
-                   {"learning_rate": [1e-2, 1e-6]}, prune_after=1)
+                   {"learning_rate": [1e-2, 1e-6]}, pruning=True, prune_after=1)
     rows = read_table(out)
     assert [(r["learning_rate"], r["state"], r["steps"], r["pruned_at_step"]) for r in rows] == [
         ("0.01", "complete", "16", ""), ("1e-06", "pruned", "8", "8")]
@@ -136,6 +136,14 @@ def test_a_losing_learning_rate_is_pruned_early(base_model, dataset, tmp_path):
     assert result.best["trial"] == 0 and result.best_dir == out / "best"
     study = optuna.load_study(study_name="velora-sweep", storage=f"sqlite:///{out / 'study.db'}")
     assert study.trials[1].state.name == "PRUNED" and list(study.trials[1].intermediate_values) == [8 * 4]
+
+
+def test_by_default_a_small_validation_split_is_not_pruned(base_model, dataset, tmp_path, capsys):
+    out = tmp_path / "auto"
+    sweep(tiny_settings(base_model, dataset, out, max_steps=16, save_steps=8),
+          {"learning_rate": [1e-2, 1e-6]}, prune_after=1)
+    assert [r["state"] for r in read_table(out)] == ["complete", "complete"]
+    assert "Pruning off:" in capsys.readouterr().out
 
 
 def test_tpe_search_grows_and_refusals(base_model, dataset, tmp_path):

@@ -9,6 +9,7 @@ from velora.sweep.space import EXAMPLES, SWEPT
 from velora.train.cli import TrainCommand, _FieldOption, config_option, config_options, given_flags, help_all_option
 
 SWEEP_FLAGS = ["trials", "seeds", "pruner", "prune_after"]
+PRUNERS = {"auto": None, "median": True, "none": False}
 
 
 def _swept_option(option: click.Option) -> click.Option:
@@ -39,9 +40,10 @@ class SweepCommand(TrainCommand):
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs per configuration (seeds SEED, SEED+1, ...): the table shows mean ± std and says when the "
                    "best two overlap.")
-@click.option("--pruner", type=click.Choice(["median", "none"]), default="median", show_default=True,
+@click.option("--pruner", type=click.Choice(["auto", "median", "none"]), default="auto", show_default=True,
               help="median: stop a run whose validation macro-F1 falls below the median of the finished "
-                   "configurations at the same point (Optuna's MedianPruner).")
+                   "configurations at the same point (Optuna's MedianPruner); auto: median when the validation "
+                   "split has 100 rows or more, none below (too few rows to judge a run early).")
 @click.option("--prune_after", type=click.IntRange(min=0), default=3, show_default=True,
               help="Configurations that finish before any run is pruned.")
 @config_option
@@ -69,5 +71,5 @@ def sweep_command(ctx: click.Context, config: str | None, trials: int | None, se
     space = {name: list(values.pop(name)) for name in SWEPT if values.get(name)}
     for name in SWEPT:
         values.pop(name, None)
-    sweep(config, space, overrides=given_flags(ctx, values), trials=trials, seeds=seeds, pruning=pruner == "median",
+    sweep(config, space, overrides=given_flags(ctx, values), trials=trials, seeds=seeds, pruning=PRUNERS[pruner],
           prune_after=prune_after)

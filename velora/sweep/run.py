@@ -50,6 +50,7 @@ SETTINGS_FILE, STUDY_FILE, RUNS, DATASET, PLOT_FILE = "sweep.json", "study.db", 
 LOCK_FILE = ".velora-sweep.lock"
 SWEEP_OUTPUTS = (SETTINGS_FILE, STUDY_FILE, RUNS, FEATURES_FOLDER, DATASET, BEST_DIR, RESULTS_FILE, PLOT_FILE)
 STUDY_NAME = "velora-sweep"
+MIN_ROWS_TO_PRUNE = 100  # validation rows below which --pruner auto does not prune
 SWEEP_LEVEL = ("output_dir", "overwrite_output_dir")  # flags that mean the sweep's folder, not each run's
 
 
@@ -70,7 +71,7 @@ class Plan:
     space: dict[str, Dimension]
     trials: int | None  # None: the grid
     seeds: int
-    pruning: bool
+    pruning: bool | None  # None: on when the validation split has MIN_ROWS_TO_PRUNE rows or more
     prune_after: int
 
     @property
@@ -89,7 +90,8 @@ class Plan:
 
 def sweep(config: str | os.PathLike | Mapping[str, Any] | None = None,
           space: Mapping[str, Any] | None = None, *, overrides: Mapping[str, Any] | None = None,
-          trials: int | None = None, seeds: int = 1, pruning: bool = True, prune_after: int = 3) -> SweepResult:
+          trials: int | None = None, seeds: int = 1, pruning: bool | None = None, prune_after: int = 3
+          ) -> SweepResult:
     """Train a LoRA adapter per configuration of `space` ({"lora_r": [4, 8, 16, 32], "learning_rate": [1e-4, 2e-4]};
     with `trials`, ranges such as {"learning_rate": (5e-5, 5e-4)} too) on the `velora train` settings of `config` (a
     JSON config file or a dict) and `overrides` (flags), `seeds` runs each, and choose the best by validation
@@ -128,7 +130,9 @@ def sweep(config: str | os.PathLike | Mapping[str, Any] | None = None,
         if base.train_file:
             datasets = _convert_once(base, out)
             source.flags.update(dataset_name=datasets, train_file=None)
-        _check_validation_split(datasets)
+        validation_rows = _check_validation_split(datasets)
+        if plan.pruning is None:
+            plan.pruning = _prune_by_default(validation_rows)
         return _run(plan, source, base.lora_r, base.seed, out)
     finally:
         optuna.logging.set_verbosity(verbosity)
@@ -207,14 +211,28 @@ def _convert_once(base, out: Path) -> str:
     return ",".join(map(str, paths))
 
 
-def _check_validation_split(datasets: str | None) -> None:
+def _prune_by_default(validation_rows: int) -> bool:
+    """On a small validation split one run's early macro-F1 says little about its last, and the median pruner
+    stops winners (bench/RESULTS.md measured it on 30 rows)."""
+    if validation_rows >= MIN_ROWS_TO_PRUNE:
+        return True
+    print(f"Pruning off: {validation_rows} validation rows (fewer than {MIN_ROWS_TO_PRUNE}) are too few to judge a "
+          "run early; --pruner median turns it on")
+    return False
+
+
+def _check_validation_split(datasets: str | None) -> int:
+    """The number of validation rows of every dataset together; refuses data without any."""
     if not datasets:
         raise VeloraError("no training data: pass --dataset_name DIR (made by `velora convert`) or --train_file CSV")
+    rows = 0
     for path in datasets.split(","):
         splits = load_training_splits(path)
         if "validation" not in splits or not len(splits["validation"]):
             raise VeloraError(f"{path}: a sweep compares runs on the validation split, and this dataset has none; "
                               "convert it with --val_ratio 0.2")
+        rows += len(splits["validation"])
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------------
