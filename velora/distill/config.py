@@ -11,13 +11,12 @@ scored for the report's agreement). T^2 keeps the KL term's gradients on the cro
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from transformers import HfArgumentParser
 
 from velora.errors import VeloraError
-from velora.train.config import CONFIG_ALIASES, TrainConfig, read_config_file
+from velora.train.config import CONFIG_ALIASES, TrainConfig, parse_settings, read_config_file
 
 DISTILL_NAMES = {"student": "model_name_or_path", "student_lora_r": "lora_r"}
 
@@ -101,12 +100,5 @@ def load_distill_config(source: DistillConfig | Mapping[str, Any] | str | os.Pat
     for required, flag in (("teacher", "--teacher DIR"), ("model_name_or_path", "--student MODEL")):
         if not values.get(required):
             raise VeloraError(f"no {required.replace('model_name_or_path', 'student')}: pass {flag}")
-    unknown = sorted(set(values) - {f.name for f in fields(DistillConfig) if f.init})
-    if unknown:
-        raise VeloraError(f"unknown setting(s) {', '.join(map(repr, unknown))}; `velora distill --help-all` lists "
-                          "every one")
-    try:
-        (config,) = HfArgumentParser(DistillConfig).parse_dict(values)
-    except (ValueError, TypeError) as e:  # TrainingArguments' own consistency checks
-        raise VeloraError(str(e).splitlines()[0]) from None
-    return config
+    where = f"--config {source}" if from_file else "distill config"
+    return parse_settings(DistillConfig, values, where, "velora distill")

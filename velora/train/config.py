@@ -262,12 +262,18 @@ def load_config(source: TrainConfig | Mapping[str, Any] | str | os.PathLike | No
     model, origin = _choose_model(file_values, explicit, env)
     print(f"Base model: {model} ({origin})")
     values = {**file_values, **explicit, "model_name_or_path": model}
-    unknown = sorted(set(values) - {f.name for f in fields(TrainConfig) if f.init})
+    return parse_settings(TrainConfig, values, where, "velora train")
+
+
+def parse_settings(config_class: type, values: dict[str, Any], where: str, command: str):
+    """`config_class` (a TrainingArguments dataclass) from settings already merged; unknown names and
+    TrainingArguments' own consistency checks become one-line errors naming `where`."""
+    unknown = sorted(set(values) - {f.name for f in fields(config_class) if f.init})
     if unknown:
-        raise VeloraError(f"{where}: unknown setting(s) {', '.join(map(repr, unknown))}; `velora train --help-all` "
+        raise VeloraError(f"{where}: unknown setting(s) {', '.join(map(repr, unknown))}; `{command} --help-all` "
                           "lists every one")
     try:
-        (config,) = HfArgumentParser(TrainConfig).parse_dict(values)
+        (config,) = HfArgumentParser(config_class).parse_dict(values)
     except ValueError as e:  # TrainingArguments' own consistency checks
         raise VeloraError(str(e).splitlines()[0]) from None
     except TypeError as e:
