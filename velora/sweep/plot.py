@@ -61,7 +61,9 @@ def plot_sweep(rows: list[dict], swept: Sequence[str], path: Path, best_trial: i
                        linewidths=1.5, label=f"chosen: trial {best_trial}", zorder=5)
     _label_x(ax_val, x_name, positions)
     _label_x(ax_gap, x_name, positions)
-    ax_val.set(ylabel="validation macro-F1", title="Validation macro-F1 (mean ± std over seeds)")
+    several_seeds = any("," in str(r.get("seeds", "")) for r in rows)
+    ax_val.set(ylabel="validation macro-F1",
+               title="Validation macro-F1" + (" (mean ± std over seeds)" if several_seeds else ""))
     ax_gap.axhline(0, color="grey", linewidth=0.8)
     ax_gap.set(ylabel="train − validation macro-F1", title="Overfitting: training split minus validation")
     for ax in (ax_val, ax_gap):
