@@ -59,13 +59,15 @@ class ImageStore:
         return self.processor.pixel_values([self.read(i) for i in indices])
 
     @torch.inference_mode()
-    def cache_features(self, model: OFAModel, device: torch.device, batch_size: int = 8) -> None:
+    def cache_features(self, model: OFAModel, device: torch.device, batch_size: int = 8, progress: bool = True
+                       ) -> None:
         """Run the (frozen, eval-mode) ResNet once over every distinct image."""
         was_training = model.training
         model.eval()
         dtype = next(model.parameters()).dtype
         chunks = []
-        for start in tqdm(range(0, len(self), batch_size), desc="Image features (computed once)", unit="batch"):
+        for start in tqdm(range(0, len(self), batch_size), desc="Image features (computed once)", unit="batch",
+                          disable=not progress):
             pixels = self.batch(list(range(start, min(start + batch_size, len(self)))))
             chunks.append(model.image_features(pixels.to(device, dtype)).float().cpu())
         self.features = torch.cat(chunks) if chunks else torch.empty(0)

@@ -204,7 +204,7 @@ class LoRARecipe:
 
     def cache_image_features(self) -> None:
         """The frozen ResNet run once over every distinct image (`velora sweep` shares them across its runs)."""
-        self.data.store.cache_features(self.model, self.config.device)
+        self.data.store.cache_features(self.model, self.config.device, progress=not self.config.disable_tqdm)
 
     def setup_trainer(self) -> VETrainer:
         c, data = self.config, self.data
