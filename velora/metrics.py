@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import classification_report, confusion_matrix
 
 from velora.errors import VeloraError
 from velora.labels import LABELS
@@ -51,6 +50,8 @@ def _scores(entry: dict) -> dict[str, float]:
 
 def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> Metrics:
     """Metrics of predicted vs true labels (label names from LABELS)."""
+    from sklearn.metrics import classification_report, confusion_matrix  # deferred: seconds; predict needs none
+
     if len(y_true) != len(y_pred) or not y_true:
         raise VeloraError(f"need as many predictions as labels, at least one: got {len(y_pred)} and {len(y_true)}")
     unknown = sorted({*y_true, *y_pred} - set(LABELS))

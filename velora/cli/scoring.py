@@ -13,7 +13,6 @@ from velora.bundle import ModelBundle
 from velora.cli.options import (examples_to_score, image_options, load_predictor, model_options, open_translator,
                                 resolve_bundle, texts_to_score, translate_options, warn)
 from velora.errors import VeloraError
-from velora.evaluate import check_output_paths, evaluate
 from velora.images import load_image
 from velora.mine import METHODS, check_output, check_settings, mine, trained_on
 from velora.ofa.processor import TextError
@@ -154,6 +153,8 @@ def eval_command(model, test_file, split, output_report, output_json, plot, comp
       velora eval --model_path ./lora_finetuned --test_file ./data/hf_dataset --compare_base \\
           --output_json eval.json --plot confusion.png
     """
+    from velora.evaluate import check_output_paths, evaluate  # deferred: scikit-learn + matplotlib, seconds
+
     check_output_paths(output_report, output_json, plot, overwrite)
     examples = examples_to_score(test_file, split, translate, model["device"])
     predictor = load_predictor(model)
