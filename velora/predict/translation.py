@@ -10,6 +10,8 @@ the output's Chinese rows are counted for the warning the single-example predict
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from velora.convert.columns import field_of
@@ -27,7 +29,13 @@ def translation_identity(translator: Translator | None) -> dict | None:
         return None
     glossary = translator.glossary
     return {"backend": translator.backend.identity, "detect": translator.detect_name,
-            "glossary": None if glossary is None else {"path": str(glossary.path), "terms": len(glossary.terms)}}
+            "glossary": None if glossary is None else {"path": str(glossary.path), "terms": len(glossary.terms),
+                                                       "sha256": _terms_digest(glossary.terms)}}
+
+
+def _terms_digest(terms: dict[str, str]) -> str:
+    """Edited terms (even as many as before) change a resumed run's results, so they are part of its identity."""
+    return hashlib.sha256(json.dumps(sorted(terms.items()), ensure_ascii=False).encode()).hexdigest()
 
 
 class ChunkTranslations:
